@@ -1,0 +1,1 @@
+"""Workloads: what runs between a client and a server placement."""
