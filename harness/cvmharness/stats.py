@@ -1,0 +1,490 @@
+"""Statistics over the repetitions of each cell: what the report and compare stand on.
+
+A cell's result is the *median* over its ``ok`` repetitions, with a bootstrap 95%
+confidence interval of that median. The median, not the mean, because one disturbed
+repetition (a noisy neighbour, a GC pause in the guest) should move the answer as
+little as possible; a bootstrap interval, because repetitions of a network benchmark are
+few and not normal, so a t-interval would claim a precision we do not have.
+
+The bootstrap is computed without materialising resamples. The median of a resample of
+``n`` sorted values is fixed by the ranks of its middle order statistics, and the k-th
+smallest of ``n`` uniform indices is ``floor(n * U(k))`` with ``U(k) ~ Beta(k, n + 1 - k)``
+(the next one is ``U(k) + (1 - U(k)) * Beta(1, n - k)``). So for each sample size we draw
+the middle ranks of ``resamples`` resamples once, from a seeded generator, and every cell
+of that size reuses them: the same distribution as resampling, in O(resamples) instead of
+O(resamples * n) per cell. That is what lets a report of 100,000 samples take seconds.
+Because the draws depend only on (seed, n), results are reproducible to the last digit.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+DEFAULT_RESAMPLES = 10_000
+DEFAULT_SEED = 20_250_101
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_NOISY_CV = 0.05
+"""A cell whose requests/sec vary more than 5% (stdev / mean) across repetitions."""
+
+LATENCY_KEYS = ("mean", "stdev", "max", "p50", "p75", "p90", "p99", "p999")
+ERROR_KINDS = ("connect", "read", "write", "timeout", "status")
+THROUGHPUT_KEYS = ("requests_per_sec", "bytes_per_sec")
+
+_ATOMS_CHUNK = 2_000_000
+"""Upper bound on the matrix elements held at once while computing quantiles."""
+_EXACT_RATIO_ATOMS = 40_000
+"""Above this many (numerator x denominator) atoms a ratio CI pairs draws one to one."""
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One metric of one cell over its ok repetitions."""
+
+    n: int
+    median: float
+    mean: float
+    stdev: float | None
+    """Sample standard deviation (n - 1); None with one repetition."""
+    cv: float | None
+    """stdev / mean; None when it cannot be told (one repetition, zero mean)."""
+    ci_low: float | None
+    """Bootstrap percentile interval of the median; None with one repetition."""
+    ci_high: float | None
+    minimum: float
+    maximum: float
+    values: tuple[float, ...] = field(repr=False, compare=False)
+    """The repetitions' values in the order recorded, for ratios and rank tests."""
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """median(numerator) / median(denominator), with a bootstrap interval."""
+
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n_num: int
+    n_den: int
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """A repetition left out of the statistics, and why."""
+
+    repetition: int
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class CellStats:
+    """Everything the report says about one cell."""
+
+    cell_id: str
+    scenario: str
+    workload: str
+    tool: str | None
+    params: Mapping[str, Any]
+    recorded: int
+    """Repetitions that have a line in samples.ndjson (any status)."""
+    ok: int
+    metrics: Mapping[str, Estimate]
+    """``requests_per_sec``, ``bytes_per_sec``, ``latency_ms.<key>``: those measured."""
+    errors: Mapping[str, int]
+    """Socket errors and non-2xx/3xx responses, summed over the ok repetitions."""
+    excluded: tuple[Exclusion, ...]
+    noisy: bool
+    """requests/sec CV above the threshold: the median is less trustworthy than it looks."""
+
+    @property
+    def rps(self) -> Estimate | None:
+        return self.metrics.get("requests_per_sec")
+
+    def latency(self, key: str) -> Estimate | None:
+        return self.metrics.get(f"latency_ms.{key}")
+
+    @property
+    def status(self) -> str:
+        """``ok`` when anything was measured, else the status its repetitions share."""
+        if self.ok:
+            return "ok"
+        kinds = {e.status for e in self.excluded}
+        return kinds.pop() if len(kinds) == 1 else "failed"
+
+    @property
+    def suffix(self) -> str:
+        """The cell id without scenario and workload: the sweep point, e.g. ``.connections-100``."""
+        head = f"{self.scenario}.{self.workload}"
+        return self.cell_id[len(head):] if self.cell_id.startswith(head) else ""
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+class MedianBootstrap:
+    """Bootstrap distribution of the median for any sample size, seeded and cached.
+
+    ``atoms(n)`` describes the medians of ``resamples`` resamples of ``n`` sorted values as
+    pairs of ranks (lower, upper middle order statistic; equal for odd n) with how often
+    each pair was drawn. Any cell with n values gets its bootstrap medians as
+    ``(v[lo] + v[hi]) / 2`` over those pairs.
+    """
+
+    def __init__(self, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                 confidence: float = DEFAULT_CONFIDENCE) -> None:
+        if resamples < 2:
+            raise ValueError("the bootstrap needs at least 2 resamples")
+        if not 0.0 < confidence < 1.0:
+            raise ValueError("confidence must be between 0 and 1")
+        self.resamples = resamples
+        self.seed = seed
+        self.confidence = confidence
+        self._ranks: dict[tuple[int, int], tuple[IntArray, IntArray]] = {}
+        self._atoms: dict[int, tuple[IntArray, IntArray, IntArray]] = {}
+
+    @property
+    def quantiles(self) -> tuple[float, float]:
+        tail = (1.0 - self.confidence) / 2.0
+        return tail, 1.0 - tail
+
+    def ranks(self, n: int, stream: int = 0) -> tuple[IntArray, IntArray]:
+        """0-based ranks of the lower and upper middle value of each resample.
+
+        ``stream`` gives independent draws for the same n (numerator and denominator of
+        a ratio of two cells of equal size must not share resamples).
+        """
+        key = (n, stream)
+        if key not in self._ranks:
+            rng = np.random.default_rng(np.random.SeedSequence([self.seed, n, stream]))
+            k = (n + 1) // 2
+            u_lo = rng.beta(k, n + 1 - k, size=self.resamples)
+            if n % 2:
+                u_hi = u_lo
+            else:
+                u_hi = u_lo + (1.0 - u_lo) * rng.beta(1, n - k, size=self.resamples)
+            lo = np.minimum((u_lo * n).astype(np.int64), n - 1)
+            hi = np.minimum((u_hi * n).astype(np.int64), n - 1)
+            self._ranks[key] = (lo, hi)
+        return self._ranks[key]
+
+    def atoms(self, n: int) -> tuple[IntArray, IntArray, IntArray]:
+        """Distinct (lo, hi) rank pairs of stream 0 and their counts (summing to resamples)."""
+        if n not in self._atoms:
+            lo, hi = self.ranks(n)
+            codes, counts = np.unique(lo * n + hi, return_counts=True)
+            self._atoms[n] = (codes // n, codes % n, counts.astype(np.int64))
+        return self._atoms[n]
+
+    def median_cis(self, rows: FloatArray) -> FloatArray:
+        """Percentile CI of the median for each row of sorted values (C x n) -> (C x 2)."""
+        count, n = rows.shape
+        out = np.full((count, 2), np.nan)
+        if n < 2 or count == 0:
+            return out
+        lo, hi, counts = self.atoms(n)
+        step = max(1, _ATOMS_CHUNK // max(1, len(counts)))
+        for start in range(0, count, step):
+            block = rows[start:start + step]
+            medians = (block[:, lo] + block[:, hi]) / 2.0
+            out[start:start + step] = _weighted_quantiles(medians, counts, self.resamples,
+                                                          self.quantiles)
+        return out
+
+    def ratio_cis(self, num: FloatArray, den: FloatArray) -> FloatArray:
+        """Percentile CI of median(num)/median(den) per row; rows sorted, (C x n_a), (C x n_b).
+
+        Numerator and denominator are resampled independently. With few distinct
+        bootstrap medians (small n) every pairing of the two sets is weighed, which is
+        exact for the drawn resamples; otherwise the i-th resample of one is paired with
+        the i-th of the other.
+        """
+        count, n_a = num.shape
+        n_b = den.shape[1]
+        out = np.full((count, 2), np.nan)
+        if count == 0 or n_a < 1 or n_b < 1 or (n_a < 2 and n_b < 2):
+            return out
+        a_lo, a_hi, a_w = self._atoms_or_point(n_a)
+        b_lo, b_hi, b_w = self._atoms_or_point(n_b, stream=1)
+        pairs = len(a_w) * len(b_w)
+        if pairs <= _EXACT_RATIO_ATOMS:
+            weights = np.outer(a_w, b_w).ravel()
+            total = int(a_w.sum() * b_w.sum())
+            step = max(1, _ATOMS_CHUNK // pairs)
+            for start in range(0, count, step):
+                a = (num[start:start + step, a_lo] + num[start:start + step, a_hi]) / 2.0
+                b = (den[start:start + step, b_lo] + den[start:start + step, b_hi]) / 2.0
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratios = (a[:, :, None] / b[:, None, :]).reshape(len(a), pairs)
+                out[start:start + step] = _weighted_quantiles(ratios, weights, total,
+                                                              self.quantiles)
+            return out
+        ra_lo, ra_hi = self.ranks(n_a, stream=0)
+        rb_lo, rb_hi = self.ranks(n_b, stream=1)
+        ones = np.ones(self.resamples, dtype=np.int64)
+        step = max(1, _ATOMS_CHUNK // self.resamples)
+        for start in range(0, count, step):
+            a = (num[start:start + step, ra_lo] + num[start:start + step, ra_hi]) / 2.0
+            b = (den[start:start + step, rb_lo] + den[start:start + step, rb_hi]) / 2.0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                ratios = a / b
+            out[start:start + step] = _weighted_quantiles(ratios, ones, self.resamples,
+                                                          self.quantiles)
+        return out
+
+    def _atoms_or_point(self, n: int, stream: int = 0) -> tuple[IntArray, IntArray, IntArray]:
+        """Atoms of a sample size; one certain atom for n = 1 (its only median)."""
+        if n == 1:
+            zero = np.zeros(1, dtype=np.int64)
+            return zero, zero, np.array([self.resamples], dtype=np.int64)
+        if stream == 0:
+            return self.atoms(n)
+        lo, hi = self.ranks(n, stream)
+        codes, counts = np.unique(lo * n + hi, return_counts=True)
+        return codes // n, codes % n, counts.astype(np.int64)
+
+
+def _weighted_quantiles(values: FloatArray, weights: IntArray, total: int,
+                        qs: Sequence[float]) -> FloatArray:
+    """Quantiles per row of a weighted sample, as numpy's default ('linear') would give
+    on the sample with every value repeated ``weight`` times (``total`` values in all)."""
+    order = np.argsort(values, axis=1, kind="stable")
+    ordered = np.take_along_axis(values, order, axis=1)
+    cumulative = np.cumsum(weights[order], axis=1)
+    last = ordered.shape[1] - 1
+    out = np.empty((ordered.shape[0], len(qs)))
+    for column, q in enumerate(qs):
+        h = (total - 1) * q
+        j = math.floor(h)
+        frac = h - j
+        at_j = np.minimum((cumulative <= j).sum(axis=1), last)
+        at_next = np.minimum((cumulative <= j + 1).sum(axis=1), last)
+        rows = np.arange(ordered.shape[0])
+        x_j = ordered[rows, at_j]
+        x_next = ordered[rows, at_next]
+        out[:, column] = x_j + frac * (x_next - x_j)
+    return out
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def estimate_groups(groups: Sequence[Sequence[float]],
+                    bootstrap: MedianBootstrap | None = None) -> list[Estimate]:
+    """Estimates for many value lists at once (vectorised by list length)."""
+    boot = bootstrap or MedianBootstrap()
+    out: list[Estimate | None] = [None] * len(groups)
+    by_n: dict[int, list[int]] = {}
+    for index, values in enumerate(groups):
+        if not values:
+            raise ValueError("an estimate needs at least one value")
+        by_n.setdefault(len(values), []).append(index)
+    for n, indices in by_n.items():
+        raw = np.array([groups[i] for i in indices], dtype=np.float64).reshape(len(indices), n)
+        rows = np.sort(raw, axis=1)
+        medians = np.median(rows, axis=1)
+        means = rows.mean(axis=1)
+        if n > 1:
+            stdevs = rows.std(axis=1, ddof=1)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cvs = stdevs / np.abs(means)
+        else:
+            stdevs = np.full(len(indices), np.nan)
+            cvs = stdevs
+        cis = boot.median_cis(rows)
+        for row, index in enumerate(indices):
+            out[index] = Estimate(
+                n=n,
+                median=float(medians[row]),
+                mean=float(means[row]),
+                stdev=_finite(float(stdevs[row])),
+                cv=_finite(float(cvs[row])),
+                ci_low=_finite(float(cis[row, 0])),
+                ci_high=_finite(float(cis[row, 1])),
+                minimum=float(rows[row, 0]),
+                maximum=float(rows[row, -1]),
+                values=tuple(float(v) for v in groups[index]),
+            )
+    return [e for e in out if e is not None]
+
+
+def estimate(values: Sequence[float], bootstrap: MedianBootstrap | None = None) -> Estimate:
+    """Median, mean, stdev, CV and bootstrap CI of the median of one list of values."""
+    return estimate_groups([values], bootstrap)[0]
+
+
+def ratios(pairs: Sequence[tuple[Sequence[float], Sequence[float]]],
+           bootstrap: MedianBootstrap | None = None) -> list[Ratio]:
+    """median(a)/median(b) with a bootstrap CI, for many (a, b) pairs at once."""
+    boot = bootstrap or MedianBootstrap()
+    out: list[Ratio | None] = [None] * len(pairs)
+    by_shape: dict[tuple[int, int], list[int]] = {}
+    for index, (a, b) in enumerate(pairs):
+        if not a or not b:
+            raise ValueError("a ratio needs values on both sides")
+        by_shape.setdefault((len(a), len(b)), []).append(index)
+    for (n_a, n_b), indices in by_shape.items():
+        num = np.sort(np.array([pairs[i][0] for i in indices], dtype=np.float64)
+                      .reshape(len(indices), n_a), axis=1)
+        den = np.sort(np.array([pairs[i][1] for i in indices], dtype=np.float64)
+                      .reshape(len(indices), n_b), axis=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            values = np.median(num, axis=1) / np.median(den, axis=1)
+        cis = boot.ratio_cis(num, den)
+        for row, index in enumerate(indices):
+            out[index] = Ratio(value=float(values[row]),
+                               ci_low=_finite(float(cis[row, 0])),
+                               ci_high=_finite(float(cis[row, 1])),
+                               n_num=n_a, n_den=n_b)
+    return [r for r in out if r is not None]
+
+
+def ratio(num: Sequence[float], den: Sequence[float],
+          bootstrap: MedianBootstrap | None = None) -> Ratio:
+    return ratios([(num, den)], bootstrap)[0]
+
+
+# --------------------------------------------------------------------------- cells
+
+
+@dataclass
+class _CellAccumulator:
+    cell_id: str
+    scenario: str
+    workload: str
+    tool: str | None
+    params: Mapping[str, Any]
+    by_repetition: dict[int, tuple[str, str | None, Mapping[str, Any] | None]] = field(
+        default_factory=dict)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def summarize_cells(samples: Iterable[Mapping[str, Any]], *,
+                    noisy_cv: float = DEFAULT_NOISY_CV,
+                    bootstrap: MedianBootstrap | None = None) -> list[CellStats]:
+    """Per-cell statistics, in the order cells first appear in the samples.
+
+    Only ``ok`` repetitions are measured; every other one is listed as an exclusion with
+    its reason. A repetition recorded twice (a resumed run that repeated it) counts once,
+    the later line winning, as ``--resume`` would have it.
+    """
+    boot = bootstrap or MedianBootstrap()
+    cells: dict[str, _CellAccumulator] = {}
+    for sample in samples:
+        cell_id = str(sample.get("cell_id"))
+        acc = cells.get(cell_id)
+        if acc is None:
+            acc = _CellAccumulator(
+                cell_id=cell_id,
+                scenario=str(sample.get("scenario")),
+                workload=str(sample.get("workload")),
+                tool=sample.get("tool"),
+                params=sample.get("params") or {},
+            )
+            cells[cell_id] = acc
+        repetition = int(sample.get("repetition") or 0)
+        metrics = sample.get("metrics")
+        acc.by_repetition[repetition] = (str(sample.get("status")), sample.get("reason"),
+                                         metrics if isinstance(metrics, Mapping) else None)
+
+    metric_lists: list[list[float]] = []
+    slots: list[tuple[int, str]] = []
+    parts: list[tuple[_CellAccumulator, int, dict[str, int], tuple[Exclusion, ...]]] = []
+    for index, acc in enumerate(cells.values()):
+        values: dict[str, list[float]] = {}
+        errors = dict.fromkeys(ERROR_KINDS, 0)
+        excluded: list[Exclusion] = []
+        ok = 0
+        for repetition in sorted(acc.by_repetition):
+            status, reason, metrics = acc.by_repetition[repetition]
+            if status != "ok" or metrics is None:
+                why = reason if status != "ok" else (reason or "no metrics recorded")
+                excluded.append(Exclusion(repetition, status if status != "ok" else "invalid",
+                                          why))
+                continue
+            ok += 1
+            for key in THROUGHPUT_KEYS:
+                number = _number(metrics.get(key))
+                if number is not None:
+                    values.setdefault(key, []).append(number)
+            latency = metrics.get("latency_ms")
+            if isinstance(latency, Mapping):
+                for key in LATENCY_KEYS:
+                    number = _number(latency.get(key))
+                    if number is not None:
+                        values.setdefault(f"latency_ms.{key}", []).append(number)
+            errs = metrics.get("errors")
+            if isinstance(errs, Mapping):
+                for kind in ERROR_KINDS:
+                    number = _number(errs.get(kind))
+                    if number is not None:
+                        errors[kind] += int(number)
+        for key, vals in values.items():
+            slots.append((index, key))
+            metric_lists.append(vals)
+        parts.append((acc, ok, errors, tuple(excluded)))
+
+    estimates = estimate_groups(metric_lists, boot) if metric_lists else []
+    per_cell: list[dict[str, Estimate]] = [{} for _ in parts]
+    for (index, key), est in zip(slots, estimates, strict=True):
+        per_cell[index][key] = est
+
+    out: list[CellStats] = []
+    for (acc, ok, errors, excluded), metrics in zip(parts, per_cell, strict=True):
+        rps = metrics.get("requests_per_sec")
+        out.append(CellStats(
+            cell_id=acc.cell_id,
+            scenario=acc.scenario,
+            workload=acc.workload,
+            tool=acc.tool,
+            params=acc.params,
+            recorded=len(acc.by_repetition),
+            ok=ok,
+            metrics=metrics,
+            errors=errors,
+            excluded=excluded,
+            noisy=bool(rps is not None and rps.cv is not None and rps.cv > noisy_cv),
+        ))
+    return out
+
+
+def baseline_cell_id(cell: CellStats, baseline: str) -> str:
+    """The cell of the baseline scenario with the same workload and sweep point."""
+    return f"{baseline}.{cell.workload}{cell.suffix}"
+
+
+def ratios_to_baseline(cells: Sequence[CellStats], baseline: str, *,
+                       metric: str = "requests_per_sec",
+                       bootstrap: MedianBootstrap | None = None) -> dict[str, Ratio]:
+    """Ratio of each cell's median ``metric`` to its baseline cell's, keyed by cell id.
+
+    Cells of the baseline scenario itself and cells without a measured counterpart are
+    absent: a ratio to nothing is not 1.0, it is unknown.
+    """
+    by_id = {c.cell_id: c for c in cells}
+    wanted: list[tuple[str, tuple[float, ...], tuple[float, ...]]] = []
+    for cell in cells:
+        if cell.scenario == baseline:
+            continue
+        base = by_id.get(baseline_cell_id(cell, baseline))
+        mine = cell.metrics.get(metric)
+        theirs = base.metrics.get(metric) if base is not None else None
+        if mine is None or theirs is None:
+            continue
+        wanted.append((cell.cell_id, mine.values, theirs.values))
+    results = ratios([(a, b) for _, a, b in wanted], bootstrap) if wanted else []
+    return {cell_id: r for (cell_id, _, _), r in zip(wanted, results, strict=True)}
