@@ -53,7 +53,7 @@ from cvmharness.workloads.wrk import (
 OVERHEAD_PER_REP_S = 0.4
 """Harness time per repetition beyond the workload itself (status reads, process start);
 measured by benchmarks/overhead.py and used only for ETAs."""
-SETUP_S = 12.0
+SETUP_S = 8.0
 """Preflight and facts playbooks at the start of a run."""
 
 
@@ -141,7 +141,8 @@ def git_revision(root: Path) -> str | None:
         return None
     if done.returncode != 0:
         return None
-    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                            "--untracked-files=no"],
                            capture_output=True, text=True, timeout=10, check=False)
     return done.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
@@ -310,21 +311,32 @@ def run_cells(ctx: BenchContext, done: set[tuple[str, int]]) -> None:
         ctx.progress.end_cell()
 
 
-def prepare_lab(ctx: BenchContext) -> None:
-    """Check the lab is provisioned (read-only) and gather facts of the nodes in use."""
-    nodes = sorted({
-        ctx.drivers.for_placement(p).client_node(p).name
-        for planned in ctx.plan.runnable
+def nodes_in_use(plan: Plan, drivers: Drivers) -> list[str]:
+    return sorted({
+        drivers.for_placement(p).client_node(p).name
+        for planned in plan.runnable
         for p in (planned.cell.client, planned.cell.server)
     })
-    limit = ",".join(nodes)
-    ctx.progress.note(f"checking lab {ctx.lab.name} ({limit}) and gathering facts")
-    result = ctx.runner.run_playbook("bench_preflight.yml", limit=limit, timeout_s=600)
+
+
+def check_lab(opts: BenchOptions, plan: Plan) -> None:
+    """Read-only check that the lab can run the plan, before any run directory exists."""
+    nodes = nodes_in_use(plan, Drivers(opts.lab))
+    if not nodes:
+        return
+    runner = AnsibleRunner(project_dir=opts.root, inventory=opts.lab.inventory,
+                           become_password=opts.become_password)
+    result = runner.run_playbook("bench_preflight.yml", limit=",".join(nodes), timeout_s=600)
     if not result.ok:
-        raise LabError(f"lab {ctx.lab.name} is not ready: {describe_failure(result)}")
+        raise LabError(f"lab {opts.lab.name} is not ready: {describe_failure(result)}")
+
+
+def gather_facts(ctx: BenchContext) -> None:
+    nodes = nodes_in_use(ctx.plan, ctx.drivers)
+    ctx.progress.note(f"gathering facts of {', '.join(nodes)}")
     facts = ctx.runner.run_playbook(
         "facts.yml", {"cvmharness_run_dir": str(ctx.store.run_dir.resolve())},
-        limit=limit, timeout_s=600)
+        limit=",".join(nodes), timeout_s=600)
     if not facts.ok:
         raise PlaybookError(describe_failure(facts))
 
@@ -373,9 +385,8 @@ def run_bench(opts: BenchOptions, plan: Plan, store: RunStore,
     status = "failed"
     try:
         with _interruptible():
-            if any((p.cell.cell_id, r) not in done for p in plan.runnable
-                   for r in range(1, p.cell.repetitions + 1)):
-                prepare_lab(ctx)
+            if plan.runnable and not any(ctx.store.facts_dir().iterdir()):
+                gather_facts(ctx)
             run_cells(ctx, done)
         bad = ctx.statuses.get("failed", 0) + ctx.statuses.get("invalid", 0)
         previous = [s for s in _statuses(store) if s in ("failed", "invalid")]

@@ -139,6 +139,7 @@ def cmd_doctor(args: argparse.Namespace, root: Path) -> int:
 def cmd_bench(args: argparse.Namespace, root: Path) -> int:
     from cvmharness.bench import (
         BenchOptions,
+        check_lab,
         format_plan,
         make_plan,
         reopen_run,
@@ -177,6 +178,7 @@ def cmd_bench(args: argparse.Namespace, root: Path) -> int:
     opts = BenchOptions(root=root, lab=lab, matrix=matrix, out=Path(args.out), only=only,
                         argv=argv, become_password=_become_password(args),
                         resume=None if args.resume is None else Path(args.resume))
+    check_lab(opts, plan)
     if opts.resume is not None:
         store, done = reopen_run(opts.resume)
         print(f"resuming {store.run_dir}: {len(done)} repetitions already done",

@@ -16,7 +16,6 @@ from cvmharness.lab import Lab, LabHost
 from cvmharness.placement import Placement
 from cvmharness.transport import LocalTransport, Transport, transport_for
 
-
 RUNNABLE_TOOLS = ("wrk",)
 
 

@@ -180,7 +180,8 @@ def load_lab(lab: str, root: Path) -> Lab:
         listing = runner.inventory_list()
     except ValueError as exc:
         first = str(exc).splitlines()[-1] if str(exc) else "cannot be parsed"
-        raise InputError([Problem(display, "", f"not a valid Ansible inventory: {first}")]) from None
+        problem = Problem(display, "", f"not a valid Ansible inventory: {first}")
+        raise InputError([problem]) from None
     hostnames = listing.get(HOSTS_GROUP, {}).get("hosts", [])
     if not hostnames:
         raise InputError([Problem(display, HOSTS_GROUP,

@@ -148,7 +148,8 @@ def _parse_resources(value: object) -> Resources:
         for key, qty in spec.items():
             if key not in _RESOURCE_KEYS:
                 raise ValueError(f"resources.{part}: unknown resource {key!r} (cpu, memory)")
-            qty_text = str(qty) if isinstance(qty, int | float) and not isinstance(qty, bool) else qty
+            is_number = isinstance(qty, int | float) and not isinstance(qty, bool)
+            qty_text = str(qty) if is_number else qty
             if not isinstance(qty_text, str) or not _QUANTITY.match(qty_text):
                 raise ValueError(f"resources.{part}.{key}: {qty!r} is not a quantity")
             items.append((key, qty_text))

@@ -18,8 +18,10 @@ Because the draws depend only on (seed, n), results are reproducible to the last
 
 from __future__ import annotations
 
+import gc
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +40,7 @@ THROUGHPUT_KEYS = ("requests_per_sec", "bytes_per_sec")
 
 _ATOMS_CHUNK = 2_000_000
 """Upper bound on the matrix elements held at once while computing quantiles."""
-_EXACT_RATIO_ATOMS = 40_000
+_EXACT_RATIO_ATOMS = 4_096
 """Above this many (numerator x denominator) atoms a ratio CI pairs draws one to one."""
 
 FloatArray = npt.NDArray[np.float64]
@@ -149,7 +151,8 @@ class MedianBootstrap:
         self.seed = seed
         self.confidence = confidence
         self._ranks: dict[tuple[int, int], tuple[IntArray, IntArray]] = {}
-        self._atoms: dict[int, tuple[IntArray, IntArray, IntArray]] = {}
+        self._atoms: dict[tuple[int, int],
+                          tuple[IntArray, IntArray, IntArray, IntArray]] = {}
 
     @property
     def quantiles(self) -> tuple[float, float]:
@@ -167,22 +170,25 @@ class MedianBootstrap:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed, n, stream]))
             k = (n + 1) // 2
             u_lo = rng.beta(k, n + 1 - k, size=self.resamples)
-            if n % 2:
-                u_hi = u_lo
-            else:
-                u_hi = u_lo + (1.0 - u_lo) * rng.beta(1, n - k, size=self.resamples)
+            # for even n the upper middle rank follows the lower one: see the module doc
+            u_hi = u_lo if n % 2 else u_lo + (1.0 - u_lo) * rng.beta(1, n - k,
+                                                                      size=self.resamples)
             lo = np.minimum((u_lo * n).astype(np.int64), n - 1)
             hi = np.minimum((u_hi * n).astype(np.int64), n - 1)
             self._ranks[key] = (lo, hi)
         return self._ranks[key]
 
-    def atoms(self, n: int) -> tuple[IntArray, IntArray, IntArray]:
-        """Distinct (lo, hi) rank pairs of stream 0 and their counts (summing to resamples)."""
-        if n not in self._atoms:
-            lo, hi = self.ranks(n)
-            codes, counts = np.unique(lo * n + hi, return_counts=True)
-            self._atoms[n] = (codes // n, codes % n, counts.astype(np.int64))
-        return self._atoms[n]
+    def atoms(self, n: int, stream: int = 0) -> tuple[IntArray, IntArray, IntArray, IntArray]:
+        """Distinct (lo, hi) rank pairs, how often each was drawn (summing to resamples),
+        and for each draw the index of its pair."""
+        key = (n, stream)
+        if key not in self._atoms:
+            lo, hi = self.ranks(n, stream)
+            codes, inverse, counts = np.unique(lo * n + hi, return_inverse=True,
+                                               return_counts=True)
+            self._atoms[key] = (codes // n, codes % n, counts.astype(np.int64),
+                                inverse.astype(np.int64))
+        return self._atoms[key]
 
     def median_cis(self, rows: FloatArray) -> FloatArray:
         """Percentile CI of the median for each row of sorted values (C x n) -> (C x 2)."""
@@ -190,7 +196,7 @@ class MedianBootstrap:
         out = np.full((count, 2), np.nan)
         if n < 2 or count == 0:
             return out
-        lo, hi, counts = self.atoms(n)
+        lo, hi, counts, _ = self.atoms(n)
         step = max(1, _ATOMS_CHUNK // max(1, len(counts)))
         for start in range(0, count, step):
             block = rows[start:start + step]
@@ -202,54 +208,61 @@ class MedianBootstrap:
     def ratio_cis(self, num: FloatArray, den: FloatArray) -> FloatArray:
         """Percentile CI of median(num)/median(den) per row; rows sorted, (C x n_a), (C x n_b).
 
-        Numerator and denominator are resampled independently. With few distinct
-        bootstrap medians (small n) every pairing of the two sets is weighed, which is
-        exact for the drawn resamples; otherwise the i-th resample of one is paired with
-        the i-th of the other.
+        Numerator and denominator are resampled independently (different streams). With
+        few distinct bootstrap medians (small n) every pairing of the two sets is weighed,
+        which is exact for the drawn resamples; otherwise the i-th resample of one is
+        paired with the i-th of the other.
         """
         count, n_a = num.shape
         n_b = den.shape[1]
         out = np.full((count, 2), np.nan)
         if count == 0 or n_a < 1 or n_b < 1 or (n_a < 2 and n_b < 2):
             return out
-        a_lo, a_hi, a_w = self._atoms_or_point(n_a)
-        b_lo, b_hi, b_w = self._atoms_or_point(n_b, stream=1)
+        a_lo, a_hi, a_w, a_draw = self._atoms_or_point(n_a, stream=0)
+        b_lo, b_hi, b_w, b_draw = self._atoms_or_point(n_b, stream=1)
         pairs = len(a_w) * len(b_w)
-        if pairs <= _EXACT_RATIO_ATOMS:
-            weights = np.outer(a_w, b_w).ravel()
-            total = int(a_w.sum() * b_w.sum())
-            step = max(1, _ATOMS_CHUNK // pairs)
-            for start in range(0, count, step):
-                a = (num[start:start + step, a_lo] + num[start:start + step, a_hi]) / 2.0
-                b = (den[start:start + step, b_lo] + den[start:start + step, b_hi]) / 2.0
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    ratios = (a[:, :, None] / b[:, None, :]).reshape(len(a), pairs)
-                out[start:start + step] = _weighted_quantiles(ratios, weights, total,
-                                                              self.quantiles)
-            return out
-        ra_lo, ra_hi = self.ranks(n_a, stream=0)
-        rb_lo, rb_hi = self.ranks(n_b, stream=1)
-        ones = np.ones(self.resamples, dtype=np.int64)
-        step = max(1, _ATOMS_CHUNK // self.resamples)
+        exact = pairs <= _EXACT_RATIO_ATOMS
+        width = pairs if exact else self.resamples
+        step = max(1, _ATOMS_CHUNK // width)
+        weights = np.outer(a_w, b_w).ravel()
+        total = int(a_w.sum() * b_w.sum())
         for start in range(0, count, step):
-            a = (num[start:start + step, ra_lo] + num[start:start + step, ra_hi]) / 2.0
-            b = (den[start:start + step, rb_lo] + den[start:start + step, rb_hi]) / 2.0
+            stop = start + step
+            a = (num[start:stop, a_lo] + num[start:stop, a_hi]) / 2.0
+            b = (den[start:stop, b_lo] + den[start:stop, b_hi]) / 2.0
             with np.errstate(divide="ignore", invalid="ignore"):
-                ratios = a / b
-            out[start:start + step] = _weighted_quantiles(ratios, ones, self.resamples,
+                if exact:
+                    every_pair = (a[:, :, None] / b[:, None, :]).reshape(len(a), pairs)
+                    out[start:stop] = _weighted_quantiles(every_pair, weights, total,
                                                           self.quantiles)
+                else:  # float32: half the memory traffic; CIs are printed to 3 digits
+                    paired = (a.astype(np.float32)[:, a_draw]
+                              / b.astype(np.float32)[:, b_draw])
+                    out[start:stop] = _linear_quantiles(paired, self.quantiles)
         return out
 
-    def _atoms_or_point(self, n: int, stream: int = 0) -> tuple[IntArray, IntArray, IntArray]:
+    def _atoms_or_point(self, n: int, stream: int) -> tuple[IntArray, IntArray, IntArray,
+                                                             IntArray]:
         """Atoms of a sample size; one certain atom for n = 1 (its only median)."""
         if n == 1:
             zero = np.zeros(1, dtype=np.int64)
-            return zero, zero, np.array([self.resamples], dtype=np.int64)
-        if stream == 0:
-            return self.atoms(n)
-        lo, hi = self.ranks(n, stream)
-        codes, counts = np.unique(lo * n + hi, return_counts=True)
-        return codes // n, codes % n, counts.astype(np.int64)
+            return (zero, zero, np.array([self.resamples], dtype=np.int64),
+                    np.zeros(self.resamples, dtype=np.int64))
+        return self.atoms(n, stream)
+
+
+def _linear_quantiles(values: npt.NDArray[np.floating[Any]], qs: Sequence[float]
+                      ) -> FloatArray:
+    """numpy's default ('linear') quantiles per row, by partial sort only (NaN-free rows)."""
+    last = values.shape[1] - 1
+    positions = [(last * q, math.floor(last * q)) for q in qs]
+    kth = sorted({k for _, j in positions for k in (j, min(j + 1, last))})
+    part = np.partition(values, kth, axis=1)
+    out = np.empty((values.shape[0], len(qs)))
+    for column, (h, j) in enumerate(positions):
+        low = part[:, j]
+        out[:, column] = low + (h - j) * (part[:, min(j + 1, last)] - low)
+    return out
 
 
 def _weighted_quantiles(values: FloatArray, weights: IntArray, total: int,
@@ -278,6 +291,37 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
+def _estimate_matrix(raw: FloatArray, boot: MedianBootstrap) -> list[Estimate]:
+    """Estimates for each row of a (C x n) matrix of finite values, in row order."""
+    count, n = raw.shape
+    rows = np.sort(raw, axis=1)
+    medians = np.median(rows, axis=1)
+    means = rows.mean(axis=1)
+    if n > 1:
+        stdevs = rows.std(axis=1, ddof=1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cvs = stdevs / np.abs(means)
+    else:
+        stdevs = np.full(count, np.nan)
+        cvs = stdevs
+    cis = boot.median_cis(rows)
+    columns = zip(raw.tolist(), medians.tolist(), means.tolist(), stdevs.tolist(),
+                  cvs.tolist(), cis[:, 0].tolist(), cis[:, 1].tolist(), rows[:, 0].tolist(),
+                  rows[:, -1].tolist(), strict=True)
+    isfinite = math.isfinite
+    return [
+        Estimate(  # positional: this runs once per cell and metric
+            n, median, mean,
+            stdev if isfinite(stdev) else None,
+            cv if isfinite(cv) else None,
+            ci_low if isfinite(ci_low) else None,
+            ci_high if isfinite(ci_high) else None,
+            low, high, tuple(values),
+        )
+        for values, median, mean, stdev, cv, ci_low, ci_high, low, high in columns
+    ]
+
+
 def estimate_groups(groups: Sequence[Sequence[float]],
                     bootstrap: MedianBootstrap | None = None) -> list[Estimate]:
     """Estimates for many value lists at once (vectorised by list length)."""
@@ -290,30 +334,8 @@ def estimate_groups(groups: Sequence[Sequence[float]],
         by_n.setdefault(len(values), []).append(index)
     for n, indices in by_n.items():
         raw = np.array([groups[i] for i in indices], dtype=np.float64).reshape(len(indices), n)
-        rows = np.sort(raw, axis=1)
-        medians = np.median(rows, axis=1)
-        means = rows.mean(axis=1)
-        if n > 1:
-            stdevs = rows.std(axis=1, ddof=1)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                cvs = stdevs / np.abs(means)
-        else:
-            stdevs = np.full(len(indices), np.nan)
-            cvs = stdevs
-        cis = boot.median_cis(rows)
-        for row, index in enumerate(indices):
-            out[index] = Estimate(
-                n=n,
-                median=float(medians[row]),
-                mean=float(means[row]),
-                stdev=_finite(float(stdevs[row])),
-                cv=_finite(float(cvs[row])),
-                ci_low=_finite(float(cis[row, 0])),
-                ci_high=_finite(float(cis[row, 1])),
-                minimum=float(rows[row, 0]),
-                maximum=float(rows[row, -1]),
-                values=tuple(float(v) for v in groups[index]),
-            )
+        for index, est in zip(indices, _estimate_matrix(raw, boot), strict=True):
+            out[index] = est
     return [e for e in out if e is not None]
 
 
@@ -356,6 +378,15 @@ def ratio(num: Sequence[float], den: Sequence[float],
 # --------------------------------------------------------------------------- cells
 
 
+_METRIC_KEYS = (*THROUGHPUT_KEYS, *(f"latency_ms.{k}" for k in LATENCY_KEYS if k != "stdev"))
+"""Metrics estimated per cell. wrk's latency stdev is a spread within one run, not a
+quantity to put a confidence interval on across runs, so it is left out."""
+_LATENCY_ESTIMATED = tuple(k for k in LATENCY_KEYS if k != "stdev")
+
+_Flat = tuple[float | None, ...]
+"""One repetition's metrics as numbers: _METRIC_KEYS, then ERROR_KINDS."""
+
+
 @dataclass
 class _CellAccumulator:
     cell_id: str
@@ -363,7 +394,7 @@ class _CellAccumulator:
     workload: str
     tool: str | None
     params: Mapping[str, Any]
-    by_repetition: dict[int, tuple[str, str | None, Mapping[str, Any] | None]] = field(
+    by_repetition: dict[int, tuple[str, str | None, _Flat | None]] = field(
         default_factory=dict)
 
 
@@ -373,6 +404,36 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
+def _flatten(metrics: dict[str, Any]) -> _Flat:
+    """The numbers of a metrics object, so that the object itself need not be kept:
+    100,000 samples as nested dicts would take hundreds of MB. Written out in full
+    because it runs once per sample; values are checked later, per cell, with numpy."""
+    get = metrics.get
+    latency = get("latency_ms")
+    errors = get("errors")
+    lat = latency.get if isinstance(latency, dict) else _none
+    err = errors.get if isinstance(errors, dict) else _none
+    return (get("requests_per_sec"), get("bytes_per_sec"), lat("mean"), lat("max"),
+            lat("p50"), lat("p75"), lat("p90"), lat("p99"), lat("p999"),
+            err("connect"), err("read"), err("write"), err("timeout"), err("status"))
+
+
+def _none(key: str) -> None:
+    return None
+
+
+def _matrix(rows: Sequence[Sequence[_Flat]]) -> FloatArray:
+    """Cells x repetitions x numbers as floats, NaN where a value is missing or not a
+    number (a string in a hand-edited file, say)."""
+    try:
+        out = np.array(rows, dtype=np.float64)
+    except (TypeError, ValueError):  # something that is not a number: check one by one
+        out = np.array([[[_number(v) if _number(v) is not None else np.nan for v in flat]
+                         for flat in cell] for cell in rows], dtype=np.float64)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
 def summarize_cells(samples: Iterable[Mapping[str, Any]], *,
                     noisy_cv: float = DEFAULT_NOISY_CV,
                     bootstrap: MedianBootstrap | None = None) -> list[CellStats]:
@@ -380,71 +441,109 @@ def summarize_cells(samples: Iterable[Mapping[str, Any]], *,
 
     Only ``ok`` repetitions are measured; every other one is listed as an exclusion with
     its reason. A repetition recorded twice (a resumed run that repeated it) counts once,
-    the later line winning, as ``--resume`` would have it.
+    the later line winning, as ``--resume`` would have it. ``samples`` may be a stream:
+    each sample is reduced to its numbers as it is read.
     """
     boot = bootstrap or MedianBootstrap()
+    with _gc_paused():
+        cells = _accumulate(samples)
+    return _summarize(cells, boot, noisy_cv)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while samples are read, then restore it.
+
+    Reading creates ~20 container objects per sample and frees them at once; none form
+    cycles, but every ~700 allocations the collector walks the survivors, which makes
+    reading 100,000 samples about a third slower. Reference counting still frees
+    everything; the previous GC state is restored even on error.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _accumulate(samples: Iterable[Mapping[str, Any]]) -> dict[str, _CellAccumulator]:
     cells: dict[str, _CellAccumulator] = {}
+    # The loop below runs once per sample (100,000 in a big run): plain dict checks
+    # (JSON objects are dicts) and bound methods, no per-sample abstractions.
     for sample in samples:
-        cell_id = str(sample.get("cell_id"))
+        get = sample.get
+        cell_id = str(get("cell_id"))
         acc = cells.get(cell_id)
         if acc is None:
             acc = _CellAccumulator(
                 cell_id=cell_id,
-                scenario=str(sample.get("scenario")),
-                workload=str(sample.get("workload")),
-                tool=sample.get("tool"),
-                params=sample.get("params") or {},
+                scenario=str(get("scenario")),
+                workload=str(get("workload")),
+                tool=get("tool"),
+                params=get("params") or {},
             )
             cells[cell_id] = acc
-        repetition = int(sample.get("repetition") or 0)
-        metrics = sample.get("metrics")
-        acc.by_repetition[repetition] = (str(sample.get("status")), sample.get("reason"),
-                                         metrics if isinstance(metrics, Mapping) else None)
+        repetition = get("repetition")
+        if type(repetition) is not int:
+            repetition = int(repetition or 0)
+        metrics = get("metrics")
+        acc.by_repetition[repetition] = (str(get("status")), get("reason"),
+                                         _flatten(metrics) if isinstance(metrics, dict)
+                                         else None)
+    return cells
 
-    metric_lists: list[list[float]] = []
-    slots: list[tuple[int, str]] = []
+
+def _summarize(cells: Mapping[str, _CellAccumulator], boot: MedianBootstrap,
+               noisy_cv: float) -> list[CellStats]:
+    """Estimates for every cell and metric, computed per group of cells with the same
+    number of ok repetitions: one numpy pass per group, not one per cell."""
+    metric_count = len(_METRIC_KEYS)
     parts: list[tuple[_CellAccumulator, int, dict[str, int], tuple[Exclusion, ...]]] = []
+    per_cell: list[dict[str, Estimate]] = []
+    by_n: dict[int, list[tuple[int, list[_Flat]]]] = {}
     for index, acc in enumerate(cells.values()):
-        values: dict[str, list[float]] = {}
-        errors = dict.fromkeys(ERROR_KINDS, 0)
         excluded: list[Exclusion] = []
-        ok = 0
+        rows: list[_Flat] = []
         for repetition in sorted(acc.by_repetition):
-            status, reason, metrics = acc.by_repetition[repetition]
-            if status != "ok" or metrics is None:
+            status, reason, flat = acc.by_repetition[repetition]
+            if status != "ok" or flat is None:
                 why = reason if status != "ok" else (reason or "no metrics recorded")
                 excluded.append(Exclusion(repetition, status if status != "ok" else "invalid",
                                           why))
                 continue
-            ok += 1
-            for key in THROUGHPUT_KEYS:
-                number = _number(metrics.get(key))
-                if number is not None:
-                    values.setdefault(key, []).append(number)
-            latency = metrics.get("latency_ms")
-            if isinstance(latency, Mapping):
-                for key in LATENCY_KEYS:
-                    number = _number(latency.get(key))
-                    if number is not None:
-                        values.setdefault(f"latency_ms.{key}", []).append(number)
-            errs = metrics.get("errors")
-            if isinstance(errs, Mapping):
-                for kind in ERROR_KINDS:
-                    number = _number(errs.get(kind))
-                    if number is not None:
-                        errors[kind] += int(number)
-        for key, vals in values.items():
-            slots.append((index, key))
-            metric_lists.append(vals)
-        parts.append((acc, ok, errors, tuple(excluded)))
+            rows.append(flat)
+        if rows:
+            by_n.setdefault(len(rows), []).append((index, rows))
+        parts.append((acc, len(rows), dict.fromkeys(ERROR_KINDS, 0), tuple(excluded)))
+        per_cell.append({})
 
-    estimates = estimate_groups(metric_lists, boot) if metric_lists else []
-    per_cell: list[dict[str, Estimate]] = [{} for _ in parts]
-    for (index, key), est in zip(slots, estimates, strict=True):
+    ragged: list[list[float]] = []
+    ragged_slots: list[tuple[int, str]] = []
+    for members in by_n.values():
+        indices = [index for index, _ in members]
+        table = _matrix([rows for _, rows in members])  # C x n x (metrics + errors)
+        sums = np.nansum(table[:, :, metric_count:], axis=1)
+        for index, row in zip(indices, sums.tolist(), strict=True):
+            parts[index][2].update(zip(ERROR_KINDS, (int(v) for v in row), strict=True))
+        for column, key in enumerate(_METRIC_KEYS):
+            values = table[:, :, column]
+            missing = np.isnan(values)
+            complete = ~missing.any(axis=1)
+            if complete.any():
+                chosen = [indices[row] for row in np.flatnonzero(complete).tolist()]
+                for index, est in zip(chosen, _estimate_matrix(values[complete], boot),
+                                      strict=True):
+                    per_cell[index][key] = est
+            for row in np.flatnonzero(~complete & ~missing.all(axis=1)).tolist():
+                ragged_slots.append((indices[row], key))
+                ragged.append(values[row][~missing[row]].tolist())
+    for (index, key), est in zip(ragged_slots, estimate_groups(ragged, boot), strict=True):
         per_cell[index][key] = est
 
     out: list[CellStats] = []
-    for (acc, ok, errors, excluded), metrics in zip(parts, per_cell, strict=True):
+    for (acc, ok, errors, exclusions), metrics in zip(parts, per_cell, strict=True):
         rps = metrics.get("requests_per_sec")
         out.append(CellStats(
             cell_id=acc.cell_id,
@@ -456,7 +555,7 @@ def summarize_cells(samples: Iterable[Mapping[str, Any]], *,
             ok=ok,
             metrics=metrics,
             errors=errors,
-            excluded=excluded,
+            excluded=exclusions,
             noisy=bool(rps is not None and rps.cv is not None and rps.cv > noisy_cv),
         ))
     return out

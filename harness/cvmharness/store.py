@@ -118,8 +118,8 @@ class RunStore:
         if not path.exists():
             return 0
         end = 0
-        for end, _ in _complete_lines(path):
-            pass
+        for offset, _ in _complete_lines(path):
+            end = offset
         size = path.stat().st_size
         if size != end:
             with path.open("r+b") as f:

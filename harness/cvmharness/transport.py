@@ -9,12 +9,14 @@ ProxyJump arguments that Ansible uses for it.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import signal
 import subprocess
 import tempfile
 import time
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,7 +35,8 @@ class Completed:
 
 
 class Transport(Protocol):
-    node: str
+    @property
+    def node(self) -> str: ...
 
     def run(self, argv: list[str], timeout_s: float) -> Completed: ...
 
@@ -46,11 +49,25 @@ _LIVE: set[int] = set()
 
 def kill_live_processes() -> None:
     for pgid in list(_LIVE):
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         _LIVE.discard(pgid)
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child: get SIGKILL when the harness dies, even by SIGKILL.
+
+    A load generator left running by a killed harness would send its requests into the
+    next (resumed) measurement and corrupt its server-side count.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _run(argv: list[str], timeout_s: float) -> Completed:
@@ -62,6 +79,7 @@ def _run(argv: list[str], timeout_s: float) -> Completed:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     _LIVE.add(proc.pid)
     timed_out = False

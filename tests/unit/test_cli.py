@@ -32,7 +32,8 @@ def test_full_dry_run_shows_every_seed_cell_and_why_it_is_skipped(
 @pytest.mark.parametrize(("args", "expected"), [
     (["bench", "--matrix", "nope", "--dry-run"], "error: nope: no such matrix"),
     (["bench", "--dry-run"], "error: --matrix: required"),
-    (["bench", "--matrix", "smoke", "--lab", "nowhere", "--dry-run"], "error: nowhere: no such lab"),
+    (["bench", "--matrix", "smoke", "--lab", "nowhere", "--dry-run"],
+     "error: nowhere: no such lab"),
     (["bench", "--matrix", "smoke", "--only", "zzz", "--dry-run"],
      "error: --only: no scenario matches 'zzz'"),
     (["bench", "--resume", "/nonexistent"], "error: /nonexistent: not a run directory"),

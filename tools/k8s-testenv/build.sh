@@ -39,10 +39,11 @@ if [[ -z "${KINE_CGO:-}" ]]; then
   if command -v "${CC:-cc}" >/dev/null 2>&1; then KINE_CGO=1; else KINE_CGO=0; fi
 fi
 
-k8s_version="$(cd "$here" && "$GO" list -m -f '{{.Version}}' k8s.io/kubernetes)"
+k8s_version="$(awk '{ for (i = 1; i < NF; i++) if ($i == "k8s.io/kubernetes" && $(i + 1) ~ /^v1[.]/) { print $(i + 1); exit } }' "$here/go.mod")"
+[[ -n "$k8s_version" ]] || { echo "build.sh: go.mod requires no k8s.io/kubernetes v1.x" >&2; exit 2; }
 go_version="$("$GO" env GOVERSION)"
 mod_hash="$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)"
-stamp_text="k8s=$k8s_version kine=$KINE_VERSION kwok=$KWOK_VERSION kine_cgo=$KINE_CGO go=$go_version mod=$mod_hash"
+stamp_text="format=2 k8s=$k8s_version kine=$KINE_VERSION kwok=$KWOK_VERSION kine_cgo=$KINE_CGO go=$go_version mod=$mod_hash"
 binaries=(kube-apiserver kube-controller-manager kube-scheduler kine kwok)
 
 all_present() {
@@ -75,7 +76,8 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
 build_k8s() {
-  (cd "$here" && "${runq[@]}" "$GO" build -ldflags "$ldflags" -o "$bin/" \
+  # Static binaries, as upstream's release builds (CGO_ENABLED=0).
+  (cd "$here" && CGO_ENABLED=0 "${runq[@]}" "$GO" build -ldflags "$ldflags" -o "$bin/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kube-scheduler)
