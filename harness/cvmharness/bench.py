@@ -53,6 +53,9 @@ from cvmharness.workloads.wrk import (
 OVERHEAD_PER_REP_S = 0.4
 """Harness time per repetition beyond the workload itself (status reads, process start);
 measured by benchmarks/overhead.py and used only for ETAs."""
+WARMUP_SETTLE_S = 0.1
+"""Pause after a warm-up so that nginx has counted the warm-up's last requests (sent
+just before wrk closed its sockets) before the measured count starts."""
 SETUP_S = 8.0
 """Preflight and facts playbooks at the start of a run."""
 
@@ -235,6 +238,7 @@ def run_wrk_rep(ctx: BenchContext, cell: Cell, repetition: int) -> dict[str, Any
         if warm.rc != 0:
             sample["reason"] = f"warm-up: wrk exited {warm.rc}: {warm.stderr.strip()[:300]}"
             return sample
+        time.sleep(WARMUP_SETTLE_S)
     try:
         before = _read_count(transport, endpoint)
     except (OSError, ValueError) as exc:

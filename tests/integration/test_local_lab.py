@@ -74,8 +74,10 @@ def test_smoke_matrix_writes_real_samples(provisioned: Path, tmp_path: Path) -> 
             assert m["requests_per_sec"] == pytest.approx(m["requests"] / m["duration_s"],
                                                           rel=1e-3)
             assert 0 < m["latency_ms"]["p50"] <= m["latency_ms"]["p99"] <= m["latency_ms"]["max"]
-            # nginx saw the load: its own count matches wrk's within in-flight requests
-            assert 0 <= s["server_requests"] - m["requests"] <= s["params"]["connections"]
+            # nginx saw the load: its own count matches wrk's within the requests in
+            # flight when wrk stopped its clock (and those of the warm-up's last moment)
+            gap = s["server_requests"] - m["requests"]
+            assert 0 <= gap <= 2 * s["params"]["connections"] + 0.01 * m["requests"]
             assert s["url"].startswith("http://127.0.0.1:8080/")
             raw = run_dir / "raw" / cell / str(s["repetition"])
             assert "Requests/sec" in (raw / "wrk.txt").read_text()
