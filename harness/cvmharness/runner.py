@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,6 +123,9 @@ class AnsibleRunner:
             cmdline.append("--ask-become-pass")
             passwords[r"^BECOME password.*:\s*?$"] = self.become_password
         private = Path(tempfile.mkdtemp(prefix="cvmharness-runner-"))
+        # ansible-runner installs its own SIGINT/SIGTERM handlers and leaves them in
+        # place; the bench loop's handlers (stop, keep what is done) must survive it.
+        saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             result = ansible_runner.run(
                 private_data_dir=str(private),
@@ -150,6 +154,8 @@ class AnsibleRunner:
                 custom_stats=custom,
             )
         finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
             if self.keep_artifacts is not None:
                 self.keep_artifacts.mkdir(parents=True, exist_ok=True)
                 shutil.copytree(private / "artifacts", self.keep_artifacts / playbook,
