@@ -90,14 +90,23 @@ def synth(run_dir: Path, cells: int, reps: int, seed: int = 1) -> int:
 
 
 def measure(run_dir: Path) -> None:
-    """Runs in the child: time write_report, print seconds and peak RSS as JSON."""
+    """Runs in the child: time write_report, print seconds and peak RSS as JSON.
+
+    For a big run write_report draws its plots in a worker process of its own: its peak
+    RSS is reported too (the largest child's; Linux: KiB) and counts towards the goal,
+    as does its CPU time (shown beside the wall time: on a busy machine wall time says
+    more about the machine than about the report)."""
     start = time.perf_counter()
     from cvmharness.report import write_report
 
     md, html = write_report(run_dir)
     elapsed = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
-    print(json.dumps({"seconds": elapsed, "peak_rss_mb": peak_mb,
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"seconds": elapsed, "peak_rss_mb": own.ru_maxrss / 1024.0,
+                      "worker_rss_mb": children.ru_maxrss / 1024.0,
+                      "cpu_s": own.ru_utime + own.ru_stime,
+                      "worker_cpu_s": children.ru_utime + children.ru_stime,
                       "md_bytes": md.stat().st_size, "html_bytes": html.stat().st_size}))
 
 
@@ -119,11 +128,17 @@ def main() -> int:
             done = subprocess.run([sys.executable, __file__, "--measure", str(run_dir)],
                                   capture_output=True, text=True, check=True)
             result = json.loads(done.stdout.strip().splitlines()[-1])
-        ok = result["seconds"] <= GOAL_S and result["peak_rss_mb"] <= GOAL_MB
+        rss_mb = result["peak_rss_mb"] + result["worker_rss_mb"]
+        ok = result["seconds"] <= GOAL_S and rss_mb <= GOAL_MB
         failed |= not ok
+        worker = (f" + plot worker {result['worker_rss_mb']:.0f} MB"
+                  if result["worker_rss_mb"] else "")
+        cpu = (f"CPU {result['cpu_s']:.2f} s"
+               + (f" + {result['worker_cpu_s']:.2f} s in the worker"
+                  if result["worker_cpu_s"] else ""))
         print(f"{shape}: {count} samples ({size_mb:.0f} MB of NDJSON): "
-              f"write_report {result['seconds']:.2f} s (goal <= {GOAL_S:g} s), "
-              f"peak RSS {result['peak_rss_mb']:.0f} MB (goal <= {GOAL_MB:g} MB), "
+              f"write_report {result['seconds']:.2f} s (goal <= {GOAL_S:g} s; {cpu}), "
+              f"peak RSS {result['peak_rss_mb']:.0f} MB{worker} (goal <= {GOAL_MB:g} MB), "
               f"report.html {result['html_bytes'] / 1e6:.1f} MB -> "
               f"{'meets the goals' if ok else 'MISSES the goals'}")
     return 1 if failed else 0

@@ -13,6 +13,7 @@ as a list of dicts (100,000 samples as dicts are ~600 MB of Python objects).
 from __future__ import annotations
 
 import base64
+import gc
 import html
 import io
 import json
@@ -20,6 +21,7 @@ import math
 import shutil
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,9 @@ COORDINATED_OMISSION = (
 )
 _PERCENTILE_CURVE = (("p50", 50.0), ("p75", 75.0), ("p90", 90.0), ("p99", 99.0),
                      ("p999", 99.9))
+_PERCENTILE_X = tuple((f"latency_ms.{key}", -math.log10(1 - q / 100.0))
+                      for key, q in _PERCENTILE_CURVE)
+"""Metric name and x position (nines: 1 at p90, 2 at p99) of each percentile."""
 _DASH = "\u2014"
 _EN_DASH = "\u2013"
 
@@ -179,11 +184,6 @@ class Section:
     """Paragraph text (``str``; `code` spans allowed), tables and plots, in order."""
 
 
-_HTML_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;",
-                               "'": "&#x27;"})
-"""html.escape in one pass: table cells are most of a big report's text."""
-
-
 def _distinct(values: Iterable[Any]) -> int:
     """How many different parameter values (JSON scalars, or lists and objects)."""
     items = list(values)
@@ -197,6 +197,37 @@ def _md_escape(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
 
 
+def _html_escape(text: str) -> str:
+    """html.escape (quotes too), as chained replaces: on a whole table's text at once
+    that is many times quicker than str.translate, which maps character by character."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace('"', "&quot;").replace("'", "&#x27;"))
+
+
+_CELL_SEPARATOR = "\x1f"
+
+
+def _escaped_columns(rows: Sequence[Sequence[str]], escape: Callable[[str], str],
+                     width: int | None = None) -> list[list[str]] | None:
+    """The table's cells escaped, column by column, or None to go row by row (no rows,
+    rows of different widths, a cell holding the separator).
+
+    A big report has hundreds of thousands of cells: escaping them joined, in one call,
+    and rendering rows from a template is several times quicker than cell by cell. Both
+    escapes replace single characters (never the separator), so the result is the same.
+    """
+    if not rows:
+        return None
+    width = len(rows[0]) if width is None else width
+    if not width or any(len(row) != width for row in rows):
+        return None
+    joined = _CELL_SEPARATOR.join(chain.from_iterable(rows))
+    if joined.count(_CELL_SEPARATOR) != len(rows) * width - 1:
+        return None
+    cells = escape(joined).split(_CELL_SEPARATOR)
+    return [cells[column::width] for column in range(width)]
+
+
 def _md_table(table: Table) -> str:
     numeric = table.numeric or (False,) * len(table.headers)
     headers = list(table.headers)
@@ -206,7 +237,12 @@ def _md_table(table: Table) -> str:
                    for g, h in zip(labels, headers, strict=True)]
     lines = ["| " + " | ".join(_md_escape(h) for h in headers) + " |",
              "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines.extend("| " + " | ".join(_md_escape(c) for c in row) + " |" for row in table.rows)
+    columns = _escaped_columns(table.rows, _md_escape)
+    if columns is not None:
+        lines.extend(map(("| " + " | ".join(["{}"] * len(columns)) + " |").format, *columns))
+    else:
+        lines.extend("| " + " | ".join(_md_escape(c) for c in row) + " |"
+                     for row in table.rows)
     out = "\n".join(lines)
     return f"{out}\n\n{table.caption}" if table.caption else out
 
@@ -227,10 +263,15 @@ def _html_table(table: Table) -> str:
         head = f"{top}</tr><tr>{head}"
     cls = [' class="num"' if n else ' class="label"' if i == 0 else ""
            for i, n in enumerate(numeric)]
-    body = "\n".join(
-        "<tr>" + "".join(f"<td{c}>{v.translate(_HTML_ESCAPES)}</td>"
-                         for c, v in zip(cls, row, strict=True))
-        + "</tr>" for row in table.rows)
+    columns = _escaped_columns(table.rows, _html_escape, width=len(cls))
+    if columns is not None:
+        row_html = "<tr>" + "".join(f"<td{c}>{{}}</td>" for c in cls) + "</tr>"
+        body = "\n".join(map(row_html.format, *columns))
+    else:
+        body = "\n".join(
+            "<tr>" + "".join(f"<td{c}>{_html_escape(v)}</td>"
+                             for c, v in zip(cls, row, strict=True))
+            + "</tr>" for row in table.rows)
     caption = f'<p class="caption">{_inline_html(table.caption)}</p>' if table.caption else ""
     return (f'<div class="scroll"><table class="{table.css_class}"><thead><tr>{head}'
             f"</tr></thead>\n<tbody>\n{body}\n</tbody></table></div>{caption}")
@@ -277,9 +318,25 @@ def _facts(run_dir: Path) -> dict[str, Mapping[str, Any] | str]:
 # --------------------------------------------------------------------------- plots
 
 
+_DPI = 110
+
+
 def _png(fig: Any) -> bytes:
+    """The figure drawn by Agg at 110 dpi, as an RGB PNG without metadata.
+
+    RGB, not the RGBA savefig writes: the figure is opaque, so its alpha channel is 255
+    everywhere, and without it the PNG is about a tenth smaller and quicker to compress.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
+    fig.set_dpi(_DPI)
+    canvas: Any = FigureCanvasAgg(fig)  # Any: matplotlib leaves draw() untyped
+    canvas.draw()
+    rgba = Image.frombuffer("RGBA", canvas.get_width_height(), canvas.buffer_rgba(), "raw",
+                            "RGBA", 0, 1)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    rgba.convert("RGB").save(buf, format="png", dpi=(_DPI, _DPI))
     return buf.getvalue()
 
 
@@ -314,6 +371,18 @@ def _swept_field(cells: Sequence[CellStats]) -> str | None:
     return None
 
 
+def _band(ax: Any, xs: Sequence[float], estimates: Sequence[Estimate], color: Any) -> None:
+    """The CI band of a curve, as one polygon. What fill_between draws, at a fraction of
+    its cost (and of ax.fill's, which measures the outline segment by segment)."""
+    from matplotlib.patches import Polygon
+
+    lows = [e.ci_low if e.ci_low is not None else e.median for e in estimates]
+    highs = [e.ci_high if e.ci_high is not None else e.median for e in estimates]
+    outline = list(zip([*xs, *reversed(xs)], [*lows, *reversed(highs)], strict=True))
+    ax.add_artist(Polygon(outline, closed=True, facecolor=color, alpha=0.18, linewidth=0))
+    ax.update_datalim(outline)  # as add_patch would: the band counts for autoscaling
+
+
 def _throughput_plot(workload: str, cells: Sequence[CellStats], baseline: str | None
                      ) -> Plot | None:
     from matplotlib.figure import Figure
@@ -334,11 +403,7 @@ def _throughput_plot(workload: str, cells: Sequence[CellStats], baseline: str | 
             line = ax.plot(xs, [e.median for _, e in points], marker="o", markersize=3.5,
                            label=scenario, linewidth=2.2 if scenario == baseline else 1.4)[0]
             # one band per scenario, not a cap per point: readable with many sweep points
-            ax.fill_between(xs, [e.ci_low if e.ci_low is not None else e.median
-                                 for _, e in points],
-                            [e.ci_high if e.ci_high is not None else e.median
-                             for _, e in points], color=line.get_color(), alpha=0.18,
-                            linewidth=0)
+            _band(ax, xs, [e for _, e in points], line.get_color())
         values = sorted({float(c.params[swept]) for c in measured})
         if values[0] > 0 and values[-1] / values[0] > 20:
             ax.set_xscale("log")
@@ -350,7 +415,7 @@ def _throughput_plot(workload: str, cells: Sequence[CellStats], baseline: str | 
         ax.grid(True, alpha=0.3)
         # legend outside the axes: loc="best" searches all data points (slow, and moves)
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        ax.set_title(f"{workload}: requests/sec by {swept}")
+        ax.set_title(f"{workload}: requests/sec by {swept}", y=1.0)
         fig.subplots_adjust(left=0.1, right=0.78, top=0.91, bottom=0.13)
         note = (f" Showing {MAX_CURVES} of {len(scenarios)} scenarios."
                 if len(scenarios) > MAX_CURVES else "")
@@ -381,7 +446,7 @@ def _throughput_plot(workload: str, cells: Sequence[CellStats], baseline: str | 
     _plain_ticks(ax.xaxis)
     ax.set_xlabel("requests/sec (median over ok repetitions; bars: bootstrap 95% CI)")
     ax.grid(True, axis="x", alpha=0.3)
-    ax.set_title(f"{workload}: requests/sec per cell")
+    ax.set_title(f"{workload}: requests/sec per cell", y=1.0)
     # fixed margins (tight_layout measures every label: seconds on big runs)
     longest = max(len(_label(c)) for c in shown)
     fig.subplots_adjust(left=min(0.45, 0.03 + 0.0095 * longest), right=0.97,
@@ -412,13 +477,11 @@ def _latency_sweep_plot(workload: str, cells: Sequence[CellStats], swept: str) -
             continue
         xs = [x for x, _ in p99]
         line = ax.plot(xs, [e.median for _, e in p99], marker="o", markersize=3.5,
-                       label=f"{scenario} p99")[0]
-        ax.fill_between(xs, [e.ci_low if e.ci_low is not None else e.median for _, e in p99],
-                        [e.ci_high if e.ci_high is not None else e.median for _, e in p99],
-                        color=line.get_color(), alpha=0.18, linewidth=0)
-        if p50:
+                       label=scenario)[0]
+        _band(ax, xs, [e for _, e in p99], line.get_color())
+        if p50:  # no legend entry of its own: the title says dashed is p50
             ax.plot([x for x, _ in p50], [e.median for _, e in p50], linestyle="--",
-                    linewidth=1.0, color=line.get_color(), label=f"{scenario} p50")
+                    linewidth=1.0, color=line.get_color())
     values = sorted({float(c.params[swept]) for c in cells})
     if values[0] > 0 and values[-1] / values[0] > 20:
         ax.set_xscale("log")
@@ -429,7 +492,7 @@ def _latency_sweep_plot(workload: str, cells: Sequence[CellStats], swept: str) -
     ax.set_ylabel("latency, ms (median; band: 95% CI)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{workload}: p99 (solid) and p50 (dashed) latency by {swept}")
+    ax.set_title(f"{workload}: p99 (solid) and p50 (dashed) latency by {swept}", y=1.0)
     fig.subplots_adjust(left=0.1, right=0.78, top=0.91, bottom=0.13)
     note = (f" Showing {MAX_CURVES} of {len(scenarios)} scenarios."
             if len(scenarios) > MAX_CURVES else "")
@@ -444,20 +507,21 @@ def _latency_plot(workload: str, cells: Sequence[CellStats]) -> Plot | None:
     from matplotlib.figure import Figure
     from matplotlib.ticker import FixedLocator, NullLocator
 
-    curves = []
-    for cell in cells:
-        points = [(-math.log10(1 - q / 100.0), est)
-                  for key, q in _PERCENTILE_CURVE if (est := cell.latency(key)) is not None]
-        if len(points) >= 2:
-            curves.append((cell, points))
-    if not curves:
+    # cells with at least two percentiles: a curve each (their points are drawn only
+    # without a sweep, and then for the first MAX_CURVES)
+    drawn = [cell for cell in cells
+             if sum(cell.metrics.get(name) is not None for name, _ in _PERCENTILE_X) >= 2]
+    if not drawn:
         return None
-    swept = _swept_field([cell for cell, _ in curves])
-    if swept is not None and len(curves) > len({cell.scenario for cell, _ in curves}):
-        return _latency_sweep_plot(workload, [cell for cell, _ in curves], swept)
+    swept = _swept_field(drawn)
+    if swept is not None and len(drawn) > len({cell.scenario for cell in drawn}):
+        return _latency_sweep_plot(workload, drawn, swept)
+    curves = [(cell, [(x, est) for name, x in _PERCENTILE_X
+                      if (est := cell.metrics.get(name)) is not None])
+              for cell in drawn[:MAX_CURVES]]
     fig = Figure(figsize=(10.0, 4.4))
     ax = fig.add_subplot()
-    for cell, points in curves[:MAX_CURVES]:
+    for cell, points in curves:
         xs = [x for x, _ in points]
         ys = [e.median for _, e in points]
         lo = [max(0.0, e.median - e.ci_low) if e.ci_low is not None else 0.0 for _, e in points]
@@ -475,14 +539,38 @@ def _latency_plot(workload: str, cells: Sequence[CellStats]) -> Plot | None:
     ax.set_xlabel("percentile (wrk, closed loop: see note)")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{workload}: latency percentiles per cell")
+    ax.set_title(f"{workload}: latency percentiles per cell", y=1.0)
     fig.subplots_adjust(left=0.1, right=0.72, top=0.91, bottom=0.13)
-    note = f" Showing {MAX_CURVES} of {len(curves)} cells." if len(curves) > MAX_CURVES else ""
+    note = f" Showing {MAX_CURVES} of {len(drawn)} cells." if len(drawn) > MAX_CURVES else ""
     return Plot(f"{workload}-latency", _png(fig),
                 f"latency percentile curves of workload {workload}",
                 f"Latency percentiles of `{workload}` per cell (median over ok repetitions, "
                 f"bars: bootstrap 95% CI); log scale. Closed-loop numbers: see the note on "
                 f"coordinated omission.{note}")
+
+
+def _draw_plots(groups: Mapping[str, Sequence[CellStats]], baseline: str | None,
+                collecting: bool) -> dict[str, list[Plot]]:
+    """Each workload's plots: requests/sec, then latency (those there is data for).
+
+    Figures are reference cycles, so the garbage collector runs meanwhile if it ran
+    before the report (``collecting``); what exists already is frozen first, so that
+    its collections do not walk the cells and their estimates again and again.
+    """
+    frozen = collecting and gc.get_freeze_count() == 0  # never thaw what others froze
+    if frozen:
+        gc.freeze()
+    if collecting:
+        gc.enable()
+    try:
+        return {workload: [plot for plot in (_throughput_plot(workload, cells, baseline),
+                                             _latency_plot(workload, cells))
+                           if plot is not None]
+                for workload, cells in groups.items()}
+    finally:
+        gc.disable()
+        if frozen:
+            gc.unfreeze()
 
 
 # --------------------------------------------------------------------------- sections
@@ -516,33 +604,35 @@ _MAIN_GROUPS = (("", 1), ("requests/sec", 4), ("latency, ms †", 5),
 _MAIN_NUMERIC = (False, *([True] * 15), False)
 
 
-def _main_row(cell: CellStats) -> tuple[str, ...]:
-    rps = cell.rps
+_MAIN_LATENCIES = tuple(f"latency_ms.{k}" for k in ("mean", "p50", "p99", "p999", "max"))
+_CI_LATENCIES = tuple(f"latency_ms.{k}" for k in ("p50", "p90", "p99", "p999"))
+_ERROR_COLUMNS = ("connect", "read", "write", "timeout", "status")
+
+
+def _main_row(cell: CellStats, label: str) -> tuple[str, ...]:
+    """One cell's row of a workload's main table (``label``: its _label)."""
+    metrics = cell.metrics
+    rps = metrics.get("requests_per_sec")
     if rps is None:
         why = cell.status if cell.ok == 0 else "not measured"
-        return (_label(cell), why, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH,
+        return (label, why, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH, _DASH,
                 _DASH, _DASH, _DASH, _DASH, _DASH, f"{cell.ok}/{cell.recorded}", "")
-
-    def lat(key: str) -> str:
-        est = cell.latency(key)
-        return fmt_ms(est.median if est else None)
-
-    bps = cell.metrics.get("bytes_per_sec")
-    errors = [fmt_count(cell.errors.get(k, 0))
-              for k in ("connect", "read", "write", "timeout", "status")]
+    bps = metrics.get("bytes_per_sec")
+    errors = cell.errors
     return (
-        _label(cell), fmt_rate(rps.median), fmt_ci(rps, fmt_rate), fmt_pct(rps.cv),
+        label, fmt_rate(rps.median), fmt_ci(rps, fmt_rate), fmt_pct(rps.cv),
         fmt_bytes_rate(bps.median if bps else None),
-        lat("mean"), lat("p50"), lat("p99"), lat("p999"), lat("max"),
-        *errors, f"{cell.ok}/{cell.recorded}", "noisy" if cell.noisy else "",
+        *[fmt_ms(est.median if est else None) for est in map(metrics.get, _MAIN_LATENCIES)],
+        *[fmt_count(errors.get(k, 0)) for k in _ERROR_COLUMNS],
+        f"{cell.ok}/{cell.recorded}", "noisy" if cell.noisy else "",
     )
 
 
-def _latency_ci_row(cell: CellStats) -> tuple[str, ...] | None:
-    ests = [cell.latency(k) for k in ("p50", "p90", "p99", "p999")]
+def _latency_ci_row(cell: CellStats, label: str) -> tuple[str, ...] | None:
+    ests = [cell.metrics.get(name) for name in _CI_LATENCIES]
     if all(e is None for e in ests):
         return None
-    return (_label(cell), *(fmt_ci(e, fmt_ms) for e in ests))
+    return (label, *(fmt_ci(e, fmt_ms) for e in ests))
 
 
 def _anchor(text: str) -> str:
@@ -562,12 +652,18 @@ class _RunView:
     bootstrap: MedianBootstrap
 
 
-def _workload_sections(view: _RunView, plots: bool) -> list[Section]:
+def _by_workload(cells: Iterable[CellStats]) -> dict[str, list[CellStats]]:
     by_workload: dict[str, list[CellStats]] = {}
-    for cell in view.cells:
+    for cell in cells:
         by_workload.setdefault(cell.workload, []).append(cell)
+    return by_workload
+
+
+def _workload_sections(view: _RunView, plots: Mapping[str, Sequence[Plot]] | None
+                       ) -> list[Section]:
+    """A section per workload, with its plots (``plots``: None for none)."""
     sections = []
-    for workload, cells in by_workload.items():
+    for workload, cells in _by_workload(view.cells).items():
         section = Section(f"Workload {workload}", _anchor(f"workload-{workload}"))
         tools = sorted({c.tool or "unknown" for c in cells})
         common = _common_params(cells)
@@ -575,13 +671,15 @@ def _workload_sections(view: _RunView, plots: bool) -> list[Section]:
             f"Tool `{', '.join(tools)}`; parameters common to all its cells: {common or 'none'}. "
             f"{len(cells)} cells, {sum(c.ok for c in cells)} of "
             f"{sum(c.recorded for c in cells)} recorded repetitions ok.")
+        labels = [_label(c) for c in cells]
         section.blocks.append(Table(
-            _MAIN_HEADERS, [_main_row(c) for c in cells], _MAIN_NUMERIC, groups=_MAIN_GROUPS,
+            _MAIN_HEADERS, list(map(_main_row, cells, labels)), _MAIN_NUMERIC,
+            groups=_MAIN_GROUPS,
             caption=("Medians over the ok repetitions; CI: bootstrap 95% interval of the median; "
                      "CV: stdev/mean of req/s over repetitions; socket errors and non-2xx/3xx "
                      "responses summed over the ok repetitions. † " + COORDINATED_OMISSION),
             css_class="main"))
-        ci_rows = [r for r in (_latency_ci_row(c) for c in cells) if r is not None]
+        ci_rows = [r for r in map(_latency_ci_row, cells, labels) if r is not None]
         if ci_rows:
             section.blocks.append(Table(
                 ("cell", "p50 ms 95% CI †", "p90 ms 95% CI †", "p99 ms 95% CI †",
@@ -589,12 +687,12 @@ def _workload_sections(view: _RunView, plots: bool) -> list[Section]:
                 caption="Bootstrap 95% intervals of the median latency percentiles."))
         if view.baseline is not None:
             ratio_rows = []
-            for cell in cells:
+            for cell, label in zip(cells, labels, strict=True):
                 if cell.scenario == view.baseline or cell.rps is None:
                     continue
                 r = view.rps_ratios.get(cell.cell_id)
                 p = view.p99_ratios.get(cell.cell_id)
-                ratio_rows.append((_label(cell), fmt_ratio(r), fmt_change(r), fmt_ratio(p),
+                ratio_rows.append((label, fmt_ratio(r), fmt_change(r), fmt_ratio(p),
                                    fmt_change(p)))
             if ratio_rows:
                 section.blocks.append(Table(
@@ -605,11 +703,8 @@ def _workload_sections(view: _RunView, plots: bool) -> list[Section]:
                              f"baseline scenario `{view.baseline}`; the interval resamples "
                              f"both cells independently. {_DASH}: the baseline cell has no "
                              f"ok repetition.")))
-        if plots:
-            for plot in (_throughput_plot(workload, cells, view.baseline),
-                         _latency_plot(workload, cells)):
-                if plot is not None:
-                    section.blocks.append(plot)
+        if plots is not None:
+            section.blocks.extend(plots.get(workload, ()))
             if all(c.latency("p50") is None for c in cells) and any(c.ok for c in cells):
                 section.blocks.append(
                     "No latency distribution was recorded for this workload (wrk without "
@@ -912,7 +1007,20 @@ def write_report(run_dir: Path, baseline: str | None = None, *,
     Plots for the Markdown go to ``report-plots/`` beside it (replaced on each call); the
     HTML embeds the same images and needs nothing else.
     """
-    run_dir = Path(run_dir)
+    # The cyclic garbage collector is paused throughout, as summarize_cells does while
+    # reading: a big run is a million objects (cells, estimates, table rows), none in a
+    # cycle, that each collection would walk again. Figures are cycles: see _draw_plots.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return _write_report(Path(run_dir), baseline, noisy_cv, bootstrap, collecting)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _write_report(run_dir: Path, baseline: str | None, noisy_cv: float,
+                  bootstrap: MedianBootstrap | None, collecting: bool) -> tuple[Path, Path]:
     meta = _read_json(run_dir / RUN_JSON)
     if not isinstance(meta, dict):
         raise InputError([Problem(str(run_dir / RUN_JSON), "", "not a JSON object")])
@@ -928,7 +1036,8 @@ def write_report(run_dir: Path, baseline: str | None = None, *,
     )
     plan = meta.get("plan") or {}
     planned = plan.get("repetitions") if isinstance(plan.get("repetitions"), int) else None
-    sections = [_summary_section(view, planned), *_workload_sections(view, plots=True)]
+    plots = _draw_plots(_by_workload(cells), chosen, collecting)
+    sections = [_summary_section(view, planned), *_workload_sections(view, plots)]
     noisy = _noisy_section(view)
     if noisy is not None:
         sections.append(noisy)

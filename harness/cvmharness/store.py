@@ -7,14 +7,15 @@ skip and ``--resume`` cuts off. run.json is replaced atomically (write, fsync, r
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 SCHEMA_VERSION = 1
 SAMPLES = "samples.ndjson"
@@ -52,18 +53,129 @@ def _complete_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 def read_samples(run_dir: Path) -> list[dict[str, Any]]:
     """Every complete sample of a run, in the order written."""
-    samples = []
-    for _, raw in _complete_lines(Path(run_dir) / SAMPLES):
-        if raw.strip():
-            samples.append(json.loads(raw))
-    return samples
+    return list(iter_samples(run_dir))
 
 
 def iter_samples(run_dir: Path) -> Iterator[dict[str, Any]]:
-    """Like read_samples, without holding the whole file: for large runs."""
-    for _, raw in _complete_lines(Path(run_dir) / SAMPLES):
-        if raw.strip():
-            yield json.loads(raw)
+    """Like read_samples, without holding the whole file: for large runs.
+
+    The file is read in blocks of about a MiB; only lines that end in a newline count
+    (a trailing line without one is ignored), blank lines are skipped. Each line is
+    parsed with orjson when it is installed (an optional speed-up: 3-4x faster), else
+    with the standard library on text decoded once per block. Either way the result is
+    what ``json.loads`` gives for the line: anything the fast paths reject or might read
+    differently (NaN, integers beyond 64 bits, lone surrogates, a BOM, ...) is parsed
+    again by ``json.loads``, which then returns its value or raises its error.
+    """
+    path = Path(run_dir) / SAMPLES
+    parse = _parse_fast if _orjson_loads is not None else _parse_stdlib
+    for chunk in _complete_chunks(path):
+        yield from parse(chunk)
+
+
+_CHUNK_BYTES = 1 << 20
+
+
+def _complete_chunks(path: Path) -> Iterator[bytes]:
+    """The file as runs of complete lines, each run ending in (and including) a newline."""
+    if not path.exists():
+        return
+    with path.open("rb") as src:
+        pending: list[bytes] = []  # the start of a line longer than one block
+        while block := src.read(_CHUNK_BYTES):
+            cut = block.rfind(b"\n") + 1
+            if not cut:
+                pending.append(block)
+                continue
+            if pending:
+                pending.append(block[:cut])
+                yield b"".join(pending)
+                pending.clear()
+            else:
+                yield block[:cut] if cut < len(block) else block
+            if cut < len(block):
+                pending.append(block[cut:])
+        # what is left in pending has no newline: a line cut by a kill, ignored
+
+
+def _lines(chunk: bytes) -> list[bytes]:
+    """The non-blank lines of a chunk of complete lines, without their newline (which
+    json.loads must be given back: it guesses the encoding of bytes from their length)."""
+    lines = chunk.split(b"\n")
+    lines.pop()  # the empty string after the final newline
+    return [line for line in lines if line.strip()]
+
+
+def _load_module_function(module: str, name: str) -> Callable[[bytes], Any] | None:
+    try:
+        return cast("Callable[[bytes], Any]", getattr(importlib.import_module(module), name))
+    except ImportError:
+        return None
+
+
+_orjson_loads = _load_module_function("orjson", "loads")
+"""orjson.loads if orjson is installed (optional: not a dependency of the package)."""
+
+
+def _orjson_rounds_big_integers() -> bool:
+    """Whether this orjson reads an integer beyond 64 bits as a float (versions to date
+    do, silently), where json.loads gives the exact int."""
+    assert _orjson_loads is not None
+    try:
+        return not isinstance(_orjson_loads(b"18446744073709551616"), int)
+    except ValueError:  # raising is fine: the fallback below then lets json decide
+        return False
+
+
+_DIGITS_AS_ZERO = bytes.maketrans(b"123456789", b"0" * 9)
+_BIG_INTEGERS = (b"0" * 20, b"-" + b"0" * 19)
+"""After _DIGITS_AS_ZERO, what an integer outside [-2**63, 2**64) must contain: 20 digits,
+or a minus and 19. Floats and strings may match too: then only slower, never wrong."""
+_check_big_integers = _orjson_loads is not None and _orjson_rounds_big_integers()
+
+
+def _may_hold_big_integer(data: bytes) -> bool:
+    digits = data.translate(_DIGITS_AS_ZERO)
+    return any(needle in digits for needle in _BIG_INTEGERS)
+
+
+def _parse_fast(chunk: bytes) -> Iterator[dict[str, Any]]:
+    loads = _orjson_loads
+    assert loads is not None
+    careful = _check_big_integers and _may_hold_big_integer(chunk)
+    for line in _lines(chunk):
+        if careful and _may_hold_big_integer(line):
+            yield json.loads(line + b"\n")  # the line as written: see _lines
+            continue
+        try:
+            value = loads(line)
+        except ValueError:  # orjson is stricter than json (NaN, lone surrogates, a BOM)
+            value = json.loads(line + b"\n")
+        yield value
+
+
+def _parse_stdlib(chunk: bytes) -> Iterator[dict[str, Any]]:
+    lines = _lines(chunk)
+    try:  # what json.loads does to each line's bytes, once for the whole chunk
+        texts = chunk.decode("utf-8", "surrogatepass").split("\n")
+    except UnicodeDecodeError:
+        texts = []
+    texts = [t for t in texts if t.strip(_ASCII_SPACE)]
+    if len(texts) != len(lines):  # not UTF-8 (json.loads would detect UTF-16/32)
+        texts = [""] * len(lines)
+    decode = _JSON_DECODER.decode
+    for line, text in zip(lines, texts, strict=True):
+        try:
+            value = decode(text)
+        except ValueError:  # a BOM, another encoding, or invalid: json.loads decides
+            value = json.loads(line + b"\n")
+        yield value
+
+
+_ASCII_SPACE = " \t\n\r\x0b\x0c"
+"""What bytes.strip() removes: the blank lines skipped by both parsers are the same."""
+_JSON_DECODER = json.JSONDecoder()
+"""The decoder json.loads uses for a str with default arguments."""
 
 
 @dataclass
