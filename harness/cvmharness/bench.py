@@ -8,16 +8,18 @@ run can be resumed where it stopped.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
 import secrets
 import signal
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
@@ -57,7 +59,32 @@ WARMUP_SETTLE_S = 0.1
 """Pause after a warm-up so that nginx has counted the warm-up's last requests (sent
 just before wrk closed its sockets) before the measured count starts."""
 SETUP_S = 8.0
-"""Preflight and facts playbooks at the start of a run."""
+"""Start-up, preflight and facts playbooks before the first repetition, on an idle
+machine with one node. Used until the lab has a finished run to learn from."""
+SETUP_PER_EXTRA_NODE_S = 4.0
+"""What each further node adds to the preflight and facts playbooks."""
+TIMING_HISTORY = 20
+"""How many of the newest runs in the output directory are looked at for learned timing."""
+LEARN_FROM_RUNS = 3
+"""Learned timing is the median over this many of the newest matching runs."""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What a run costs beyond its workloads: fixed set-up, and per repetition.
+
+    A finished run records what it measured (run.json ``timing``); the next plan for the
+    same lab and nodes uses it, so ETAs follow the machine rather than a constant.
+    """
+
+    setup_s: float
+    overhead_per_rep_s: float
+    learned_from: str | None = None
+
+    @classmethod
+    def default(cls, nodes: int) -> Timing:
+        extra = max(nodes - 1, 0) * SETUP_PER_EXTRA_NODE_S
+        return cls(setup_s=SETUP_S + extra, overhead_per_rep_s=OVERHEAD_PER_REP_S)
 
 
 def utcnow() -> str:
@@ -69,23 +96,24 @@ class PlannedCell:
     cell: Cell
     skip_reason: str | None
 
-    def seconds(self) -> float:
+    def seconds(self, overhead_per_rep_s: float = OVERHEAD_PER_REP_S) -> float:
         if self.skip_reason is not None:
             return 0.0
-        return self.cell.repetitions * (self.cell.workload_seconds() + OVERHEAD_PER_REP_S)
+        return self.cell.repetitions * (self.cell.workload_seconds() + overhead_per_rep_s)
 
 
 @dataclass(frozen=True)
 class Plan:
     cells: tuple[PlannedCell, ...]
+    timing: Timing = field(default_factory=lambda: Timing.default(1))
 
     @property
     def runnable(self) -> list[PlannedCell]:
         return [p for p in self.cells if p.skip_reason is None]
 
     def estimated_s(self) -> float:
-        work = sum(p.seconds() for p in self.cells)
-        return work + (SETUP_S if self.runnable else 0.0)
+        work = sum(p.seconds(self.timing.overhead_per_rep_s) for p in self.cells)
+        return work + (self.timing.setup_s if self.runnable else 0.0)
 
     def repetitions(self) -> int:
         return sum(p.cell.repetitions for p in self.cells)
@@ -103,11 +131,45 @@ def select(matrix: Matrix, only: list[str] | None) -> list[Cell]:
     return [c for c in matrix.cells if any(fnmatch(c.scenario, p) for p in only)]
 
 
-def make_plan(matrix: Matrix, drivers: Drivers, only: list[str] | None) -> Plan:
-    return Plan(tuple(
+def make_plan(matrix: Matrix, drivers: Drivers, only: list[str] | None,
+              history: Path | None = None) -> Plan:
+    """The cells to run or skip; timing learned from the newest finished run in
+    ``history`` (the output directory) on the same lab and nodes, if there is one."""
+    plan = Plan(tuple(
         PlannedCell(cell, drivers.skip_reason(cell.client, cell.server, cell.tool))
         for cell in select(matrix, only)
     ))
+    nodes = nodes_in_use(plan, drivers)
+    learned = learned_timing(history, drivers.lab.name, nodes) if history else None
+    return replace(plan, timing=learned or Timing.default(len(nodes)))
+
+
+def learned_timing(history: Path, lab: str, nodes: list[str]) -> Timing | None:
+    """The median timing of the (up to) three newest finished runs on this lab and nodes."""
+    try:
+        metas = sorted(history.glob("*/run.json"), key=lambda f: f.stat().st_mtime,
+                       reverse=True)[:TIMING_HISTORY]
+    except OSError:
+        return None
+    found: list[tuple[str, float, float]] = []
+    for path in metas:
+        try:
+            meta = json.loads(path.read_text())
+            timing = meta.get("timing") or {}
+            if (meta.get("status") == "ok" and meta["lab"]["name"] == lab
+                    and timing.get("nodes") == nodes):
+                found.append((path.parent.name, float(timing["setup_s"]),
+                              float(timing["overhead_per_rep_s"])))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if len(found) == LEARN_FROM_RUNS:
+            break
+    if not found:
+        return None
+    runs = found[0][0] if len(found) == 1 else f"{found[0][0]} and {len(found) - 1} before"
+    return Timing(setup_s=statistics.median(f[1] for f in found),
+                  overhead_per_rep_s=statistics.median(f[2] for f in found),
+                  learned_from=runs)
 
 
 def format_plan(plan: Plan, matrix: Matrix, lab: Lab) -> str:
@@ -132,6 +194,8 @@ def format_plan(plan: Plan, matrix: Matrix, lab: Lab) -> str:
         f"{len(plan.cells)} cells ({n_run} to run, {len(plan.cells) - n_run} skipped), "
         f"{sum(p.cell.repetitions for p in plan.runnable)} repetitions to run, "
         f"estimated {format_duration(plan.estimated_s())}"
+        + (f" (timing learned from run {plan.timing.learned_from})"
+           if plan.timing.learned_from and plan.runnable else "")
     )
     return "\n".join(lines)
 
@@ -298,7 +362,7 @@ def run_cells(ctx: BenchContext, done: set[tuple[str, int]]) -> None:
             sample.update(status="skipped", reason=planned.skip_reason)
             ctx.store.append(sample)
             continue
-        planned_s = cell.workload_seconds() + OVERHEAD_PER_REP_S
+        planned_s = cell.workload_seconds() + ctx.plan.timing.overhead_per_rep_s
         ctx.progress.start_rep(cell.cell_id, repetition, cell.repetitions,
                                f"{cell.client.label()} -> {cell.server.label()}")
         try:
@@ -316,16 +380,25 @@ def run_cells(ctx: BenchContext, done: set[tuple[str, int]]) -> None:
 
 
 def nodes_in_use(plan: Plan, drivers: Drivers) -> list[str]:
+    # A guest placement uses two inventory nodes: the guest and the host it runs on,
+    # whose play adds the guest to the inventory of facts.yml and bench_preflight.yml.
     return sorted({
-        drivers.for_placement(p).client_node(p).name
+        node
         for planned in plan.runnable
         for p in (planned.cell.client, planned.cell.server)
+        for node in drivers.for_placement(p).nodes(p)
     })
 
 
 def check_lab(opts: BenchOptions, plan: Plan) -> None:
     """Read-only check that the lab can run the plan, before any run directory exists."""
-    nodes = nodes_in_use(plan, Drivers(opts.lab))
+    drivers = Drivers(opts.lab)
+    pod_problems = drivers.pods.preflight(
+        (role, p) for planned in plan.runnable
+        for role, p in (("client", planned.cell.client), ("server", planned.cell.server)))
+    if pod_problems:
+        raise LabError(f"lab {opts.lab.name} is not ready: " + "; ".join(pod_problems))
+    nodes = nodes_in_use(plan, drivers)
     if not nodes:
         return
     runner = AnsibleRunner(project_dir=opts.root, inventory=opts.lab.inventory,
@@ -355,12 +428,14 @@ class BenchOptions:
     argv: list[str]
     become_password: str | None = None
     resume: Path | None = None
+    started: float | None = None
+    """time.monotonic() when the command started: the run's set-up time counts from it."""
 
 
 def _context(opts: BenchOptions, store: RunStore, plan: Plan, done: set[tuple[str, int]]
              ) -> BenchContext:
     remaining = sum(
-        (p.cell.workload_seconds() + OVERHEAD_PER_REP_S)
+        (p.cell.workload_seconds() + plan.timing.overhead_per_rep_s)
         for p in plan.runnable for r in range(1, p.cell.repetitions + 1)
         if (p.cell.cell_id, r) not in done
     )
@@ -379,7 +454,7 @@ def _context(opts: BenchOptions, store: RunStore, plan: Plan, done: set[tuple[st
         root=opts.root, lab=opts.lab, matrix=opts.matrix, store=store, plan=plan,
         runner=AnsibleRunner(project_dir=opts.root, inventory=opts.lab.inventory,
                              become_password=opts.become_password),
-        drivers=Drivers(opts.lab), progress=progress,
+        drivers=Drivers(opts.lab, run_dir=store.run_dir), progress=progress,
     )
 
 
@@ -391,7 +466,10 @@ def run_bench(opts: BenchOptions, plan: Plan, store: RunStore,
         with _interruptible():
             if plan.runnable and not any(ctx.store.facts_dir().iterdir()):
                 gather_facts(ctx)
+            setup_done = time.monotonic()
             run_cells(ctx, done)
+            if not done and opts.started is not None:
+                _record_timing(ctx, opts.started, setup_done)
         bad = ctx.statuses.get("failed", 0) + ctx.statuses.get("invalid", 0)
         previous = [s for s in _statuses(store) if s in ("failed", "invalid")]
         status = "failed" if bad or previous else "ok"
@@ -405,6 +483,20 @@ def run_bench(opts: BenchOptions, plan: Plan, store: RunStore,
         ctx.drivers.close()
         ctx.progress.finish(status, store.run_dir)
     return EXIT_OK if status == "ok" else EXIT_CELLS_FAILED
+
+
+def _record_timing(ctx: BenchContext, started: float, setup_done: float) -> None:
+    """Keep what this run cost beyond its workloads, for the next plan's estimate."""
+    reps = [(p, r) for p in ctx.plan.runnable for r in range(1, p.cell.repetitions + 1)]
+    if not reps:
+        return
+    work = sum(p.cell.workload_seconds() for p, _ in reps)
+    overhead = max((time.monotonic() - setup_done - work) / len(reps), 0.0)
+    ctx.store.update_meta(timing={
+        "setup_s": round(setup_done - started, 2),
+        "overhead_per_rep_s": round(overhead, 3),
+        "nodes": nodes_in_use(ctx.plan, ctx.drivers),
+    })
 
 
 def _statuses(store: RunStore) -> list[str]:

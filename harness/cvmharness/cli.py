@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -21,7 +22,10 @@ from cvmharness.errors import (
     Problem,
 )
 
-PROVISION_PARTS = ("nginx", "wrk")
+STARTED = time.monotonic()
+"""When this process imported the CLI: a run's set-up time counts from here."""
+
+PROVISION_PARTS = ("nginx", "wrk", "guests", "cluster")
 
 
 def project_root() -> Path:
@@ -65,14 +69,18 @@ def _events_printer(verbose: bool) -> Callable[[dict[str, Any]], None]:
     return on_event
 
 
+def _check_parts(only: list[str] | None) -> None:
+    unknown = [p for p in only or [] if p not in PROVISION_PARTS]
+    if unknown:
+        raise InputError([Problem("--only", "", f"unknown part {p!r} "
+                                  f"(parts: {', '.join(PROVISION_PARTS)})") for p in unknown])
+
+
 def cmd_provision(args: argparse.Namespace, root: Path) -> int:
     from cvmharness.lab import load_lab
     from cvmharness.runner import AnsibleRunner, describe_failure
 
-    unknown = [p for p in args.only or [] if p not in PROVISION_PARTS]
-    if unknown:
-        raise InputError([Problem("--only", "", f"unknown part {p!r} "
-                                  f"(parts: {', '.join(PROVISION_PARTS)})") for p in unknown])
+    _check_parts(args.only)
     lab = load_lab(args.lab, root)
     runner = AnsibleRunner(project_dir=root, inventory=lab.inventory,
                            become_password=_become_password(args))
@@ -89,10 +97,21 @@ def cmd_teardown(args: argparse.Namespace, root: Path) -> int:
     from cvmharness.lab import load_lab
     from cvmharness.runner import AnsibleRunner, describe_failure
 
+    _check_parts(args.only)
     lab = load_lab(args.lab, root)
     runner = AnsibleRunner(project_dir=root, inventory=lab.inventory,
                            become_password=_become_password(args))
-    result = runner.run_playbook("teardown.yml", on_event=_events_printer(args.verbose))
+    if lab.clusters() and not args.only:
+        # Namespaces of runs killed before their own teardown, while the clusters exist.
+        from cvmharness.kube import PodError, teardown_lab
+
+        try:
+            deleted = teardown_lab(lab)
+            print(f"deleted {len(deleted)} cvmharness namespaces", file=sys.stderr)
+        except PodError as exc:
+            print(f"warning: {exc}", file=sys.stderr)
+    result = runner.run_playbook("teardown.yml", tags=args.only,
+                                 on_event=_events_printer(args.verbose))
     if not result.ok:
         raise LabError(f"teardown failed: {describe_failure(result)}")
     print(f"lab {lab.name} torn down ({result.changed} changes)", file=sys.stderr)
@@ -171,13 +190,14 @@ def cmd_bench(args: argparse.Namespace, root: Path) -> int:
         lab = load_lab(args.lab or "local", root)
         matrix = load_matrix(args.matrix, root)
         only = args.only
-    plan = make_plan(matrix, Drivers(lab), only)
+    plan = make_plan(matrix, Drivers(lab), only, history=Path(args.out))
     if args.dry_run:
         print(format_plan(plan, matrix, lab))
         return EXIT_OK
     opts = BenchOptions(root=root, lab=lab, matrix=matrix, out=Path(args.out), only=only,
                         argv=argv, become_password=_become_password(args),
-                        resume=None if args.resume is None else Path(args.resume))
+                        resume=None if args.resume is None else Path(args.resume),
+                        started=STARTED)
     check_lab(opts, plan)
     if opts.resume is not None:
         store, done = reopen_run(opts.resume)
@@ -281,6 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("teardown", help="remove everything the harness created")
     lab_arg(p)
+    p.add_argument("--only", nargs="+", metavar="PART",
+                   help=f"only what these parts created: {', '.join(PROVISION_PARTS)}")
     p.add_argument("-v", "--verbose", action="store_true", help="print every task")
     p.set_defaults(func=cmd_teardown)
     return parser

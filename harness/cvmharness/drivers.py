@@ -10,11 +10,17 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cvmharness.lab import Lab, LabHost
 from cvmharness.placement import Placement
 from cvmharness.transport import LocalTransport, Transport, transport_for
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from cvmharness.guests import GuestDriver
+    from cvmharness.kube import PodDriver
 
 RUNNABLE_TOOLS = ("wrk",)
 
@@ -34,6 +40,8 @@ class Endpoint:
 
 class Driver(Protocol):
     def availability(self, placement: Placement) -> str | None: ...
+
+    def nodes(self, placement: Placement) -> list[str]: ...
 
     def client_transport(self, placement: Placement) -> Transport: ...
 
@@ -58,6 +66,9 @@ class HostDriver:
         host = self.lab.host(placement.name)
         assert host is not None, "availability() is checked before use"
         return host
+
+    def nodes(self, placement: Placement) -> list[str]:
+        return [self.client_node(placement).name]
 
     def client_transport(self, placement: Placement) -> Transport:
         host = self.client_node(placement)
@@ -109,6 +120,9 @@ class UndeclaredDriver:
     def client_node(self, placement: Placement) -> LabHost:
         raise NotImplementedError(placement.label())
 
+    def nodes(self, placement: Placement) -> list[str]:
+        raise NotImplementedError(placement.label())
+
     def client_transport(self, placement: Placement) -> Transport:
         raise NotImplementedError(placement.label())
 
@@ -122,26 +136,54 @@ class Drivers:
     """The driver of each placement kind for one lab."""
 
     lab: Lab
+    run_dir: Path | None = None
+    """The run's directory, for drivers that write per-run state (pod facts)."""
     host: HostDriver = field(init=False)
+    guests: GuestDriver = field(init=False)
+    pods: PodDriver = field(init=False)
     undeclared: UndeclaredDriver = field(init=False)
 
     def __post_init__(self) -> None:
+        from cvmharness.guests import GuestDriver  # guests imports Endpoint from here
+
         self.host = HostDriver(self.lab)
+        self.guests = GuestDriver(self.lab, host_transport=self._host_transport)
+        from cvmharness.kube import PodDriver  # kube imports Endpoint from here
+
+        self.pods = PodDriver(self.lab, run_dir=self.run_dir)
         self.undeclared = UndeclaredDriver(self.lab)
 
+    def _host_transport(self, host: LabHost) -> Transport:
+        return self.host.client_transport(Placement(kind="host", name=host.name))
+
     def for_placement(self, placement: Placement) -> Driver:
-        return self.host if placement.kind == "host" else self.undeclared
+        if placement.kind == "host":
+            return self.host
+        if placement.kind in ("vm", "td"):
+            return self.guests
+        if placement.kind == "pod":
+            return self.pods
+        return self.undeclared
 
     def skip_reason(self, client: Placement, server: Placement, tool: str) -> str | None:
+        reasons: dict[str, list[str]] = {}  # reason -> "client X", "server Y"
         for role, placement in (("client", client), ("server", server)):
             reason = self.for_placement(placement).availability(placement)
             if reason is not None:
-                return f"{role} {placement.label()}: {reason}"
+                reasons.setdefault(reason, []).append(f"{role} {placement.label()}")
+        if reasons:
+            # Both roles are checked, so a plan names everything a cell lacks, once.
+            return "; ".join(
+                f"{' and '.join(who)}: {reason}" if len(who) == 1 or client != server
+                else f"client and server {client.label()}: {reason}"
+                for reason, who in reasons.items())
         if tool not in RUNNABLE_TOOLS:
             return f"workload tool {tool!r} has no runner in this version of cvmharness"
         return None
 
     def close(self) -> None:
+        self.pods.close()
+        self.guests.close()
         self.host.close()
 
 

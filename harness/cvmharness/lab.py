@@ -35,6 +35,16 @@ class ClusterSpec(_Strict):
     name: str = Field(pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
     runtime_classes: list[str] = Field(default_factory=lambda: ["runc"])
     inside: str | None = None
+    kubeconfig: str | None = None
+    """Default: <project root>/state/kubeconfig/<name>.yaml (where the k3s role fetches it);
+    a relative path is taken from the project root."""
+    nginx_image: str = Field(default="nginx:1.27", min_length=1)
+    """Server pods' image: an nginx with ``nginx`` on PATH and a user ``nginx_user``."""
+    nginx_user: str = Field(default="nginx", min_length=1)
+    wrk_image: str | None = None
+    """Client pods' image: wrk at <wrk_prefix>/bin/wrk, curl and /bin/sh (docs/pods.md)."""
+    wrk_prefix: str = Field(default="/usr/local", pattern=r"^/")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
 
 
 class HostVars(BaseModel):
@@ -88,6 +98,8 @@ class Lab:
     name: str
     inventory: Path
     hosts: dict[str, LabHost]
+    root: Path | None = None
+    """The project root (state/ lives there); None for labs built in code."""
 
     @property
     def primary(self) -> LabHost:
@@ -222,4 +234,4 @@ def load_lab(lab: str, root: Path) -> Lab:
             ))
     if problems:
         raise InputError(problems)
-    return Lab(name=name, inventory=path, hosts=hosts)
+    return Lab(name=name, inventory=path, hosts=hosts, root=root)

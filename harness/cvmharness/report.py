@@ -578,6 +578,8 @@ def _draw_plots(groups: Mapping[str, Sequence[CellStats]], baseline: str | None,
 
 def _param_text(key: str, value: Any) -> str:
     """A parameter as a reader writes it: ``duration=30 s``, ``connections=100``."""
+    if value is None and key == "port":
+        return "lab default"  # the server's first nginx_bench_ports entry
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     text = _text(value)

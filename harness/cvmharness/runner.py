@@ -79,6 +79,9 @@ class AnsibleRunner:
             "ANSIBLE_ROLES_PATH": str(self.project_dir / "roles"),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            # ansible-runner turns host key checking off unless told otherwise; a lab's
+            # (and a guest's pinned) host keys are checked like any SSH connection's.
+            "ANSIBLE_HOST_KEY_CHECKING": "True",
         }
 
     def run_playbook(

@@ -1,7 +1,9 @@
-"""The real CLI against the real `local` lab: real nginx, real wrk built by the role.
+"""The real CLI against the real `local` lab: real nginx, real wrk built by the role, and
+the lab's libvirt guest vm0.
 
-Provisioning happens once per module (it is idempotent; the second run must change
-nothing). Traffic goes to 127.0.0.1 only.
+Provisioning happens once per session (conftest's `local_lab`, shared with
+test_guests.py; it is idempotent: the second run must change nothing). Traffic goes to
+127.0.0.1 only.
 """
 
 from __future__ import annotations
@@ -28,11 +30,8 @@ def cli(root: Path, *args: str, timeout: int = 1800) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def provisioned() -> Path:
-    root = Path(__file__).resolve().parents[2]
-    done = cli(root, "provision", "--lab", "local")
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root
+def provisioned(local_lab: Path) -> Path:
+    return local_lab
 
 
 def _run_dir(stdout: str) -> Path:
@@ -50,19 +49,22 @@ def test_doctor_says_what_the_local_lab_can_run(provisioned: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "host placement: ready" in done.stdout
     assert "host-local: can run" in done.stdout
-    assert "host-to-td: cannot run: server td:td0: lab 'local' declares no td guest" in done.stdout
+    assert "host-to-vm: can run" in done.stdout and "vm-local: can run" in done.stdout
+    assert "host-to-td: cannot run: server td:td0: host localhost cannot launch TDX guests" \
+        in done.stdout
 
 
 def test_smoke_matrix_writes_real_samples(provisioned: Path, tmp_path: Path) -> None:
     done = cli(provisioned, "bench", "--matrix", "smoke", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     run_dir = _run_dir(done.stdout)
-    assert "ETA" in done.stderr and "cell 1/3" in done.stderr
+    assert "ETA" in done.stderr and "cell 1/6" in done.stderr
     samples = read_samples(run_dir)
     by_cell: dict[str, list[dict[str, Any]]] = {}
     for s in samples:
         by_cell.setdefault(s["cell_id"], []).append(s)
-    assert sorted(by_cell) == ["host-local.http", "host-local.http-100k", "host-to-td.http"]
+    assert sorted(by_cell) == ["host-local.http", "host-local.http-100k", "host-to-td.http",
+                               "host-to-vm.http", "td-local.http", "vm-local.http"]
     for cell in ("host-local.http", "host-local.http-100k"):
         reps = by_cell[cell]
         assert [s["repetition"] for s in reps] == [1, 2, 3]
@@ -86,13 +88,21 @@ def test_smoke_matrix_writes_real_samples(provisioned: Path, tmp_path: Path) -> 
     big = by_cell["host-local.http-100k"][0]["metrics"]
     assert small["bytes_per_sec"] / small["requests_per_sec"] == pytest.approx(615 + 238, abs=80)
     assert big["bytes_per_sec"] / big["requests_per_sec"] > 100 * 1024
-    for s in by_cell["host-to-td.http"]:
-        assert s["status"] == "skipped" and "declares no td guest 'td0'" in s["reason"]
+    for cell, port in (("host-to-vm.http", 18080), ("vm-local.http", 8080)):
+        for s in by_cell[cell]:
+            assert s["status"] == "ok", s["reason"]
+            assert s["metrics"]["requests"] > 0
+            assert s["server_requests"] >= s["metrics"]["requests"]
+            assert s["url"].startswith(f"http://127.0.0.1:{port}/")
+    for cell in ("host-to-td.http", "td-local.http"):
+        for s in by_cell[cell]:
+            assert s["status"] == "skipped" and "cannot launch TDX guests" in s["reason"]
     meta = json.loads((run_dir / "run.json").read_text())
     assert meta["status"] == "ok" and meta["ended_at"]
     assert meta["matrix"]["name"] == "smoke" and meta["harness"]["version"]
     facts = json.loads((run_dir / "facts" / "localhost.json").read_text())
     assert facts["cpu"]["model"] and facts["kernel"]["release"] == os.uname().release
+    assert json.loads((run_dir / "facts" / "vm0.json").read_text())["node"] == "vm0"
 
 
 def test_killed_run_resumes_without_loss_or_repeat(provisioned: Path, tmp_path: Path) -> None:

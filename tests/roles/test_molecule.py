@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = sorted(p.parent.name for p in (ROOT / "molecule").glob("*/molecule.yml"))
-EXPECTED = {"facts", "nginx_bench", "wrk"}
+EXPECTED = {"facts", "guest", "guest_image", "k3s", "kata", "libvirt_host", "nginx_bench", "wrk"}
 TIMEOUT_S = 1200
 
 pytestmark = pytest.mark.molecule

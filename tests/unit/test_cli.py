@@ -22,7 +22,7 @@ def test_full_dry_run_shows_every_seed_cell_and_why_it_is_skipped(
     out = done.stdout
     assert "run  host-local.http" in out
     assert "skip host-to-td.http" in out
-    assert "why: server td:td0: lab 'local' declares no td guest 'td0'" in out
+    assert "why: server td:td0: host localhost cannot launch TDX guests: " in out
     assert "skip s003-kata-limited.http-c20k-t120" in out
     assert "26 cells (1 to run, 25 skipped)" in out
     assert "estimated" in out
@@ -56,7 +56,7 @@ def test_bad_matrix_file_exit_2_names_file_line_field(root: Path, tmp_path: Path
         "workloads: [http]}", "workloads: [htp]}"))
     done = cli("bench", "--matrix", str(bad), "--out", str(tmp_path / "runs"), cwd=root)
     assert done.returncode == 2
-    assert "x.yml:22: scenarios[1].workloads[0]: unknown workload 'htp'" in done.stderr
+    assert "x.yml:23: scenarios[1].workloads[0]: unknown workload 'htp'" in done.stderr
     assert not (tmp_path / "runs").exists()
 
 

@@ -1,0 +1,1 @@
+../../libvirt_host/library/cvmharness_virt_probe.py
