@@ -28,6 +28,8 @@ pytestmark = pytest.mark.k8senv
 TDX_NODE, PLAIN_NODE = DEFAULT_NODES[0].name, DEFAULT_NODES[1].name
 KATA_LABEL = "katacontainers.io/kata-runtime"
 TDX_LABEL = "intel.feature.node.kubernetes.io/tdx"
+VERSION_ANNOTATION = "cvmharness.io/kata-version"  # read by kube.py into pod facts
+KATA_VERSION = "3.21.0"
 
 PLAYBOOK = """\
 - name: Runtime classes
@@ -53,6 +55,7 @@ def run_role(tmp_path: Path, kubeconfig: Path, **extra: Any) -> dict[str, Any]:
     playbook.write_text(PLAYBOOK, encoding="utf-8")
     extra_vars = {
         "kata_runtimeclasses_kubeconfig": str(kubeconfig),
+        "kata_runtimeclasses_kata_version": KATA_VERSION,
         "kata_runtimeclasses_nodes": [
             {"name": TDX_NODE, "tdx": True},
             {"name": PLAIN_NODE, "tdx": False},
@@ -113,6 +116,9 @@ def test_role_applies_runtime_classes_and_labels(
     plain_labels = core.read_node(PLAIN_NODE).metadata.labels
     assert tdx_labels[KATA_LABEL] == "true" and tdx_labels[TDX_LABEL] == "true"
     assert plain_labels[KATA_LABEL] == "true" and TDX_LABEL not in plain_labels
+    for node in (TDX_NODE, PLAIN_NODE):
+        annotations = core.read_node(node).metadata.annotations
+        assert annotations[VERSION_ANNOTATION] == KATA_VERSION
 
     again = run_role(tmp_path, k8s_env.kubeconfig)
     assert again["changed"] == 0, again
@@ -130,6 +136,7 @@ def test_role_absent_removes_classes_and_labels(
     for node in (TDX_NODE, PLAIN_NODE):
         labels = core.read_node(node).metadata.labels
         assert KATA_LABEL not in labels and TDX_LABEL not in labels, labels
+        assert VERSION_ANNOTATION not in (core.read_node(node).metadata.annotations or {})
     assert (
         run_role(tmp_path, k8s_env.kubeconfig, kata_runtimeclasses_state="absent")["changed"] == 0
     )
