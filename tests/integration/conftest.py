@@ -20,6 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 TEARDOWN_CHECK = "test_teardown_leaves_nothing_behind"
+HOST_ONLY_FIRST = "test_report_compare.py"
 
 
 def cli(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
@@ -29,10 +30,15 @@ def cli(*args: str, timeout: int = 3600) -> subprocess.CompletedProcess[str]:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the teardown check after the last integration test, and before anything that
-    follows them (molecule scenarios start and stop libvirtd themselves)."""
+    """Run the host-only comparison tests first, before the guest is booted (an emulated
+    guest, even idle, takes CPU from nginx and wrk and adds run-to-run noise); move the
+    teardown check after the last integration test, and before anything that follows
+    them (molecule scenarios start and stop libvirtd themselves)."""
+    first = [item for item in items if item.path.name == HOST_ONLY_FIRST]
     last = [item for item in items if item.name == TEARDOWN_CHECK]
-    rest = [item for item in items if item.name != TEARDOWN_CHECK]
+    rest = [item for item in items
+            if item.name != TEARDOWN_CHECK and item.path.name != HOST_ONLY_FIRST]
+    rest = first + rest
     here = Path(__file__).parent
     end = max((n + 1 for n, item in enumerate(rest) if item.path.parent == here), default=0)
     items[:] = rest[:end] + last + rest[end:]

