@@ -90,48 +90,6 @@ class HostDriver:
 
 
 @dataclass
-class UndeclaredDriver:
-    """Guest and pod placements until their drivers land: say precisely what is missing."""
-
-    lab: Lab
-
-    def availability(self, placement: Placement) -> str | None:
-        if placement.kind in ("vm", "td"):
-            found = self.lab.guest(placement.name or "")
-            if found is None:
-                return (f"lab '{self.lab.name}' declares no {placement.kind} guest "
-                        f"{placement.name!r} (cvmharness_guests in {self.lab.inventory})")
-            host, guest = found
-            if guest.flavor != placement.kind:
-                return (f"guest {guest.name!r} on {host.name} is flavor {guest.flavor!r}, "
-                        f"not {placement.kind!r}")
-            return f"{placement.kind} placements need the libvirt guest driver, not in this version"
-        clusters = self.lab.clusters()
-        if not clusters:
-            return (f"lab '{self.lab.name}' declares no Kubernetes cluster "
-                    f"(cvmharness_clusters in {self.lab.inventory})")
-        matching = [c for _, c in clusters if placement.name in c.runtime_classes
-                    and (placement.cluster is None or c.name == placement.cluster)]
-        if not matching:
-            return (f"no cluster of lab '{self.lab.name}' declares runtime class "
-                    f"{placement.name!r}")
-        return "pod placements need the Kubernetes driver, not in this version"
-
-    def client_node(self, placement: Placement) -> LabHost:
-        raise NotImplementedError(placement.label())
-
-    def nodes(self, placement: Placement) -> list[str]:
-        raise NotImplementedError(placement.label())
-
-    def client_transport(self, placement: Placement) -> Transport:
-        raise NotImplementedError(placement.label())
-
-    def endpoint(self, server: Placement, client: Placement, port: int | None,
-                 via: str | None) -> Endpoint:
-        raise NotImplementedError(server.label())
-
-
-@dataclass
 class Drivers:
     """The driver of each placement kind for one lab."""
 
@@ -141,7 +99,6 @@ class Drivers:
     host: HostDriver = field(init=False)
     guests: GuestDriver = field(init=False)
     pods: PodDriver = field(init=False)
-    undeclared: UndeclaredDriver = field(init=False)
 
     def __post_init__(self) -> None:
         from cvmharness.guests import GuestDriver  # guests imports Endpoint from here
@@ -151,7 +108,6 @@ class Drivers:
         from cvmharness.kube import PodDriver  # kube imports Endpoint from here
 
         self.pods = PodDriver(self.lab, run_dir=self.run_dir)
-        self.undeclared = UndeclaredDriver(self.lab)
 
     def _host_transport(self, host: LabHost) -> Transport:
         return self.host.client_transport(Placement(kind="host", name=host.name))
@@ -161,9 +117,7 @@ class Drivers:
             return self.host
         if placement.kind in ("vm", "td"):
             return self.guests
-        if placement.kind == "pod":
-            return self.pods
-        return self.undeclared
+        return self.pods
 
     def skip_reason(self, client: Placement, server: Placement, tool: str) -> str | None:
         reasons: dict[str, list[str]] = {}  # reason -> "client X", "server Y"
