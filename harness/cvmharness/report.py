@@ -340,6 +340,25 @@ def _png(fig: Any) -> bytes:
     return buf.getvalue()
 
 
+def _finish_sweep_axes(fig: Any, ax: Any, swept: str, ylabel: str, title: str,
+                       legend_size: int) -> None:
+    """Labels, grid, legend and margins shared by the line plots over a swept parameter."""
+    _plain_ticks(ax.xaxis)
+    _plain_ticks(ax.yaxis)
+    ax.set_xlabel(swept)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    # legend outside the axes: loc="best" searches all data points (slow, and moves)
+    ax.legend(fontsize=legend_size, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.set_title(title, y=1.0)
+    fig.subplots_adjust(left=0.1, right=0.78, top=0.91, bottom=0.13)
+
+
+def _curves_note(scenarios: int) -> str:
+    return (f" Showing {MAX_CURVES} of {scenarios} scenarios."
+            if scenarios > MAX_CURVES else "")
+
+
 def _plain_ticks(axis: Any) -> None:
     """Tick labels as plain numbers (``20,000``, ``0.5``), never mathtext ``10^x`` or an
     offset ``1e5``: easier to read in a table-heavy report, and mathtext layout and
@@ -407,18 +426,10 @@ def _throughput_plot(workload: str, cells: Sequence[CellStats], baseline: str | 
         values = sorted({float(c.params[swept]) for c in measured})
         if values[0] > 0 and values[-1] / values[0] > 20:
             ax.set_xscale("log")
-        _plain_ticks(ax.xaxis)
-        _plain_ticks(ax.yaxis)
-        ax.set_xlabel(swept)
-        ax.set_ylabel("requests/sec (median; band: 95% CI)")
         ax.set_ylim(bottom=0)
-        ax.grid(True, alpha=0.3)
-        # legend outside the axes: loc="best" searches all data points (slow, and moves)
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        ax.set_title(f"{workload}: requests/sec by {swept}", y=1.0)
-        fig.subplots_adjust(left=0.1, right=0.78, top=0.91, bottom=0.13)
-        note = (f" Showing {MAX_CURVES} of {len(scenarios)} scenarios."
-                if len(scenarios) > MAX_CURVES else "")
+        _finish_sweep_axes(fig, ax, swept, "requests/sec (median; band: 95% CI)",
+                           f"{workload}: requests/sec by {swept}", legend_size=8)
+        note = _curves_note(len(scenarios))
         return Plot(f"{workload}-throughput", _png(fig),
                     f"requests per second of workload {workload} by {swept}",
                     f"Requests/sec of `{workload}` (median over ok repetitions, band: bootstrap "
@@ -486,16 +497,10 @@ def _latency_sweep_plot(workload: str, cells: Sequence[CellStats], swept: str) -
     if values[0] > 0 and values[-1] / values[0] > 20:
         ax.set_xscale("log")
     ax.set_yscale("log")
-    _plain_ticks(ax.xaxis)
-    _plain_ticks(ax.yaxis)
-    ax.set_xlabel(swept)
-    ax.set_ylabel("latency, ms (median; band: 95% CI)")
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_title(f"{workload}: p99 (solid) and p50 (dashed) latency by {swept}", y=1.0)
-    fig.subplots_adjust(left=0.1, right=0.78, top=0.91, bottom=0.13)
-    note = (f" Showing {MAX_CURVES} of {len(scenarios)} scenarios."
-            if len(scenarios) > MAX_CURVES else "")
+    _finish_sweep_axes(fig, ax, swept, "latency, ms (median; band: 95% CI)",
+                       f"{workload}: p99 (solid) and p50 (dashed) latency by {swept}",
+                       legend_size=7)
+    note = _curves_note(len(scenarios))
     return Plot(f"{workload}-latency", _png(fig),
                 f"p99 and p50 latency of workload {workload} by {swept}",
                 f"Latency of `{workload}` by `{swept}`: p99 with the bootstrap 95% CI of its "
